@@ -1,0 +1,18 @@
+"""The `fluxmpi` command: a thin layer over the package; each command lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .cluster import cluster
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="fluxmpi")
+def main() -> None:
+    """Run node-spanning MPI tasks from Parsl on Slurm, through HTEX or Flux, and compare the paths."""
+
+
+main.add_command(cluster)
+

@@ -1,0 +1,64 @@
+"""`fluxmpi cluster up|down|status|env`: the local multi-node Slurm cluster."""
+
+from __future__ import annotations
+
+import click
+
+from ..cluster import ClusterError, ClusterLayout, LayoutError, LocalCluster, PreflightError
+from .common import fail
+from ..cluster.layout import DEFAULT_NAME, DEFAULT_NODES, load_state
+
+name_option = click.option("--name", default=DEFAULT_NAME, show_default=True,
+                           help="Cluster name (several can coexist).")
+
+
+def _cluster(name: str) -> LocalCluster:
+    state = load_state(name)
+    return LocalCluster(ClusterLayout.from_json(state["layout"]) if state else ClusterLayout(name=name))
+
+
+@click.group()
+def cluster() -> None:
+    """A real multi-node Slurm cluster on this machine (one network namespace per node)."""
+
+
+@cluster.command()
+@name_option
+@click.option("-N", "--nodes", type=int, default=DEFAULT_NODES, show_default=True, help="Number of nodes.")
+@click.option("--cpus-per-node", type=int, default=None, help="Cores Slurm sees per node [default: this machine's].")
+@click.option("--subnet", default="", help="Private IPv4 /24 for the nodes [default: derived from --name].")
+@click.option("--timeout", type=float, default=90, show_default=True, help="Seconds to wait for idle nodes.")
+def up(name: str, nodes: int, cpus_per_node: int | None, subnet: str, timeout: float) -> None:
+    """Boot the cluster and wait until every node is idle (does nothing if it is already up)."""
+    try:
+        kw = {"cpus_per_node": cpus_per_node} if cpus_per_node else {}
+        layout = ClusterLayout(name=name, nodes=nodes, subnet=subnet, **kw)
+        click.echo(LocalCluster(layout).up(timeout=timeout))
+    except (LayoutError, PreflightError, ClusterError) as err:
+        fail(str(err))
+
+
+@cluster.command()
+@name_option
+def down(name: str) -> None:
+    """Stop every process of the cluster and remove its namespaces, links, hosts entries and files."""
+    click.echo(_cluster(name).down())
+
+
+@cluster.command()
+@name_option
+def status(name: str) -> None:
+    """Show the nodes, their Slurm state and their daemons (exit 1 if the cluster is not up or unhealthy)."""
+    st = _cluster(name).status()
+    click.echo(st.render())
+    raise SystemExit(0 if st.running and not st.problems else 1)
+
+
+@cluster.command()
+@name_option
+def env(name: str) -> None:
+    """Print the exports a shell needs: eval "$(fluxmpi cluster env)"."""
+    try:
+        click.echo(LocalCluster.running(name).render_env(), nl=False)
+    except ClusterError as err:
+        fail(str(err))

@@ -1,0 +1,14 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error the way srun does (`fluxmpi: error: ...`) and exit non-zero."""
+    click.echo(f"fluxmpi: error: {message}", err=True)
+    sys.exit(code)

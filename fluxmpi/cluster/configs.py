@@ -1,0 +1,107 @@
+"""The text of the files a local cluster runs on: slurm.conf, sshd and ssh configs.
+
+Pure functions of the layout, so the tests can read what will be written without booting anything.
+"""
+
+from __future__ import annotations
+
+from .layout import ClusterLayout
+
+
+def slurm_conf(layout: ClusterLayout) -> str:
+    s = layout.state_dir
+    lines = [
+        f"# Written by fluxmpi for the local cluster {layout.name!r}; removed by `fluxmpi cluster down`.",
+        f"ClusterName={layout.name}",
+        f"SlurmctldHost={layout.control_host}({layout.login_address})",
+        f"SlurmctldPort={layout.slurmctld_port}",
+        "SlurmdPort=6818",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        # One munged for the whole cluster: its socket is on the filesystem every namespace shares.
+        f"AuthInfo=socket={layout.munge_socket}",
+        f"StateSaveLocation={s}/ctld",
+        f"SlurmdSpoolDir={s}/spool/%n",
+        f"SlurmctldPidFile={s}/run/slurmctld.pid",
+        f"SlurmdPidFile={s}/run/slurmd-%n.pid",
+        f"SlurmctldLogFile={s}/log/slurmctld.log",
+        f"SlurmdLogFile={s}/log/slurmd-%n.log",
+        # PMIx keeps per-step directories under TmpFS; a shared /tmp makes the nodes collide.
+        f"TmpFS={s}/tmp/%n",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "MpiDefault=pmix",
+        "ReturnToService=2",
+        # All nodes share the machine's hardware; the layout below is what Slurm schedules.
+        "SlurmdParameters=config_overrides",
+        "SchedulerType=sched/backfill",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none",
+        "SlurmctldTimeout=30",
+        "SlurmdTimeout=60",
+        "MessageTimeout=10",
+        "InactiveLimit=0",
+        "KillWait=5",
+        "MinJobAge=120",
+    ]
+    c = layout.cpus_per_node
+    for node in layout.node_names:
+        lines.append(
+            f"NodeName={node} NodeAddr={layout.node_address(node)} NodeHostname={node} CPUs={c} "
+            f"Boards=1 Sockets=1 CoresPerSocket={c} ThreadsPerCore=1 RealMemory={layout.memory_per_node_mb} "
+            f"State=UNKNOWN")
+    lines.append(
+        f"PartitionName={layout.partition} Nodes={layout.nodelist} Default=YES MaxTime=INFINITE State=UP")
+    return "\n".join(lines) + "\n"
+
+
+def sshd_config(layout: ClusterLayout) -> str:
+    etc = layout.state_dir / "etc"
+    return "\n".join([
+        f"# sshd of the fluxmpi local cluster {layout.name!r}: key login only, from the cluster's own key.",
+        "Port 22",
+        f"HostKey {etc}/ssh_host_ed25519_key",
+        f"AuthorizedKeysFile {etc}/authorized_keys",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        # The state directory lives under a world-writable /var/tmp, which StrictModes would refuse.
+        "StrictModes no",
+        "PrintMotd no",
+        "AcceptEnv FLUX_* FLUXMPI_* SLURM_CONF OMPI_* PMIX_*",
+        "",
+    ])
+
+
+def ssh_config(layout: ClusterLayout) -> str:
+    etc = layout.state_dir / "etc"
+    hosts = " ".join(layout.node_names + [layout.node_address(n) for n in layout.node_names])
+    return "\n".join([
+        f"# ssh settings for reaching the nodes of the fluxmpi local cluster {layout.name!r}.",
+        f"Host {hosts}",
+        "  User root",
+        f"  IdentityFile {etc}/id_ed25519",
+        "  IdentitiesOnly yes",
+        f"  UserKnownHostsFile {etc}/known_hosts",
+        "  StrictHostKeyChecking yes",
+        "  BatchMode yes",
+        "  ConnectTimeout 10",
+        "  LogLevel ERROR",
+        "",
+    ])
+
+
+def known_hosts(layout: ClusterLayout, host_public_key: str) -> str:
+    names = ",".join(layout.node_names + [layout.node_address(n) for n in layout.node_names])
+    key = " ".join(host_public_key.split()[:2])
+    return f"{names} {key}\n"
+
+
+def ssh_wrapper(layout: ClusterLayout) -> str:
+    return f'#!/bin/sh\n# ssh with the fluxmpi cluster {layout.name!r} settings\nexec ssh -F {layout.ssh_config} "$@"\n'

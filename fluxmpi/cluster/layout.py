@@ -1,0 +1,188 @@
+"""Names, addresses, ports and paths of one local cluster, derived from its name.
+
+Everything the cluster creates is named here, so `up`, `down` and the tests agree on what to create, find and
+remove. Nothing in this module touches the system.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_NAME = "fluxmpi"
+DEFAULT_NODES = 3
+DEFAULT_PARTITION = "debug"
+STATE_ROOT_ENV = "FLUXMPI_CLUSTER_ROOT"
+DEFAULT_STATE_ROOT = "/var/tmp/fluxmpi/clusters"
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
+
+
+class LayoutError(ValueError):
+    """A cluster parameter that cannot work; the message names the value and the fix."""
+
+
+def _name_octet(name: str) -> int:
+    # A stable third octet per cluster name lets two clusters (a user's and the test suite's) coexist.
+    return 16 + zlib.crc32(name.encode()) % 224
+
+
+def state_root() -> Path:
+    return Path(os.environ.get(STATE_ROOT_ENV, DEFAULT_STATE_ROOT))
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    name: str = DEFAULT_NAME
+    nodes: int = DEFAULT_NODES
+    cpus_per_node: int = field(default_factory=lambda: os.cpu_count() or 1)
+    subnet: str = ""
+    node_prefix: str = ""
+    partition: str = DEFAULT_PARTITION
+    memory_per_node_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise LayoutError(
+                f"cluster name {self.name!r} is not usable: give 2-12 lowercase letters or digits, "
+                f"starting with a letter (e.g. 'fluxmpi')")
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or not 1 <= self.nodes <= 64:
+            raise LayoutError(f"--nodes {self.nodes!r} is out of range: give a whole number from 1 to 64")
+        if isinstance(self.cpus_per_node, bool) or not isinstance(self.cpus_per_node, int) \
+                or not 1 <= self.cpus_per_node <= 256:
+            raise LayoutError(
+                f"--cpus-per-node {self.cpus_per_node!r} is out of range: give a whole number from 1 to 256")
+        if not self.subnet:
+            object.__setattr__(self, "subnet", f"10.77.{_name_octet(self.name)}.0/24")
+        try:
+            net = ipaddress.ip_network(self.subnet, strict=True)
+        except ValueError as err:
+            raise LayoutError(f"--subnet {self.subnet!r} is not a network ({err}); give e.g. 10.77.20.0/24")
+        if net.version != 4 or not net.is_private or net.prefixlen > 26:
+            raise LayoutError(
+                f"--subnet {self.subnet!r} must be a private IPv4 network of /26 or larger, e.g. 10.77.20.0/24")
+        if self.nodes + 10 >= net.num_addresses - 1:
+            raise LayoutError(f"--subnet {self.subnet} has too few addresses for {self.nodes} nodes; use a /24")
+        if not self.node_prefix:
+            object.__setattr__(self, "node_prefix", "fxm" if self.name == DEFAULT_NAME else f"{self.name}n")
+        if not re.match(r"^[a-z][a-z0-9-]{0,15}$", self.node_prefix):
+            raise LayoutError(f"node prefix {self.node_prefix!r} is not a valid hostname prefix")
+
+    # --- identity and addresses -------------------------------------------------------------
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(self.subnet)  # type: ignore[return-value]
+
+    @property
+    def tag(self) -> int:
+        """Short number used in interface names (15-character limit)."""
+        return int(self.network.network_address.packed[2])
+
+    @property
+    def login_address(self) -> str:
+        """The bridge address: how compute nodes reach the machine that runs Parsl and slurmctld."""
+        return str(self.network.network_address + 1)
+
+    @property
+    def prefixlen(self) -> int:
+        return self.network.prefixlen
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"{self.node_prefix}{i}" for i in range(1, self.nodes + 1)]
+
+    def node_address(self, node: str) -> str:
+        index = self.node_names.index(node) + 1
+        return str(self.network.network_address + 10 + index)
+
+    @property
+    def nodelist(self) -> str:
+        """Slurm's compressed form, e.g. fxm[1-3]."""
+        return f"{self.node_prefix}[1-{self.nodes}]" if self.nodes > 1 else self.node_names[0]
+
+    @property
+    def control_host(self) -> str:
+        return f"{self.node_prefix}ctl"
+
+    @property
+    def slurmctld_port(self) -> int:
+        # Away from the default 6817 so a site's own slurmctld on this machine is never contacted by mistake.
+        return 16800 + self.tag
+
+    # --- interface and namespace names ------------------------------------------------------
+    @property
+    def bridge(self) -> str:
+        return f"fxbr{self.tag}"
+
+    def netns(self, node: str) -> str:
+        return f"fluxmpi-{self.name}-{node}"
+
+    def veth_host(self, node: str) -> str:
+        return f"fxv{self.tag}n{self.node_names.index(node) + 1}"
+
+    @property
+    def hosts_begin(self) -> str:
+        return f"# BEGIN fluxmpi cluster {self.name}"
+
+    @property
+    def hosts_end(self) -> str:
+        return f"# END fluxmpi cluster {self.name}"
+
+    def hosts_lines(self) -> list[str]:
+        lines = [f"{self.login_address} {self.control_host}"]
+        lines += [f"{self.node_address(n)} {n}" for n in self.node_names]
+        return lines
+
+    # --- files ------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return state_root() / self.name
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.state_dir / "etc" / "slurm.conf"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.state_dir / "munge" / "munge.socket"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "etc" / "ssh_config"
+
+    @property
+    def ssh_wrapper(self) -> Path:
+        """An executable that runs ssh with the cluster's config (FLUX_SSH must name an executable)."""
+        return self.state_dir / "bin" / "ssh"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def log(self, daemon: str) -> Path:
+        return self.state_dir / "log" / f"{daemon}.log"
+
+    # --- persistence ------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ClusterLayout":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def load_state(name: str) -> dict | None:
+    """The saved state of cluster `name` (layout, pids, what was created), or None if it has none."""
+    path = state_root() / name / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise LayoutError(f"{path} is damaged ({err}); run `fluxmpi cluster down --name {name}` to clean up")
