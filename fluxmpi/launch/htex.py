@@ -1,0 +1,45 @@
+"""HTEX in MPI mode: Parsl's `MPIExecutor` on Slurm blocks, ranks launched with srun or mpiexec.
+
+One worker pool runs on the first node of each block; each task's launcher spreads its ranks over the nodes
+the pool's MPI scheduler handed it (`PARSL_MPI_NODELIST`). fluxmpi composes that launcher line itself from the
+task spec (`fluxmpi.apps`), so it is integral and uses flags the installed MPI accepts.
+"""
+
+from __future__ import annotations
+
+from parsl.config import Config
+from parsl.executors import MPIExecutor
+
+from ..site import Site
+from .blocks import BlockShape, slurm_provider
+
+LAUNCHERS = ("srun", "mpiexec")
+
+
+def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: int | None = None,
+                    blocks: int = 1, walltime: int | str = 1800, worker_init: str = "",
+                    run_dir: str = "runinfo", label: str = "htex_mpi",
+                    heartbeat_threshold: int = 120) -> Config:
+    """A Parsl Config running MPI tasks through MPIExecutor + SlurmProvider.
+
+    site: where to run (partition, node size, address compute nodes use to reach this process).
+    mpi_launcher: "srun" (Slurm PMIx) or "mpiexec" (the MPI's own launcher inside the block).
+    nodes_per_block: nodes in each block [all nodes of the partition]; a task may span up to this many.
+    blocks: blocks held for the whole run (keep 1: the pool's MPI scheduler works per block).
+    walltime: of each block, seconds or Slurm form ("00:30:00").
+    worker_init: extra shell lines run in each block before the worker pool (e.g. `source env.sh`).
+    """
+    if mpi_launcher not in LAUNCHERS:
+        raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {LAUNCHERS}")
+    shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
+    executor = MPIExecutor(
+        label=label,
+        address=site.address,
+        # Each task holds at least one node, so a block never runs more tasks than it has nodes.
+        max_workers_per_block=shape.nodes_per_block,
+        mpi_launcher=mpi_launcher,
+        provider=slurm_provider(site, shape, worker_init),
+        heartbeat_threshold=heartbeat_threshold,
+    )
+    return Config(executors=[executor], run_dir=run_dir, strategy="simple", max_idletime=3600,
+                  initialize_logging=True)

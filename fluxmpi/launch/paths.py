@@ -1,0 +1,115 @@
+"""The launch paths by name: how each builds its Parsl config, launches ranks, and bounds what it accepts.
+
+`fluxmpi run` and `fluxmpi bench` treat every path alike through this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from parsl.config import Config
+
+from ..site import Site
+from ..spec import MPITaskSpec, SpecError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a path needs to know about a run's tasks before building its config."""
+    nodes_per_block: int
+    blocks: int
+    gate_capacity: int         # nodes fluxmpi lets be busy at once (0: no gate, the executor queues)
+    walltime: int | str = 1800
+    worker_init: str = ""
+    run_dir: str = "runinfo"
+
+
+@dataclass(frozen=True)
+class LaunchPath:
+    name: str
+    summary: str
+    launcher: str                                    # how ranks start, see fluxmpi.apps.LAUNCHERS
+    build_config: Callable[[Site, Plan], Config]
+    plan: Callable[[Site, list[MPITaskSpec], int | None], Plan]
+    resource_spec: Callable[[MPITaskSpec], dict | None]
+    label: str
+
+    def check(self, site: Site, specs: list[MPITaskSpec], nodes_per_block: int | None = None) -> Plan:
+        """Validate every task against this path and the site; raise SpecError before anything is submitted."""
+        if not specs:
+            raise SpecError("no tasks to run: give --repeats 1 or more")
+        plan = self.plan(site, specs, nodes_per_block)
+        for i, spec in enumerate(specs):
+            try:
+                spec.check_fits(plan.nodes_per_block, site.cores_per_node, site.gpus_per_node, where="block")
+            except SpecError as err:
+                raise SpecError(f"task {i} ({spec}): {err}") from None
+        return plan
+
+
+def _block_for(site: Site, specs: list[MPITaskSpec], nodes_per_block: int | None) -> int:
+    return nodes_per_block or site.nodes
+
+
+def _plan_shared_block(site, specs, nodes_per_block):
+    npb = _block_for(site, specs, nodes_per_block)
+    return Plan(nodes_per_block=npb, blocks=1, gate_capacity=npb)
+
+
+def _plan_static(site, specs, nodes_per_block):
+    sizes = sorted({s.nodes for s in specs})
+    if len(sizes) > 1:
+        raise SpecError(f"static blocks run one task per block, so all tasks must span the same number of "
+                        f"nodes; got sizes {sizes}: use --path htex for mixed sizes")
+    npb = nodes_per_block or sizes[0]
+    if npb != sizes[0]:
+        raise SpecError(f"static blocks of {npb} nodes cannot run {sizes[0]}-node tasks: "
+                        f"set --nodes-per-block {sizes[0]}")
+    blocks = max(1, min(len(specs), site.nodes // npb))
+    return Plan(nodes_per_block=npb, blocks=blocks, gate_capacity=0)
+
+
+def _plan_plain(site, specs, nodes_per_block):
+    return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
+
+
+def _htex_config(mpi_launcher: str):
+    def build(site: Site, plan: Plan) -> Config:
+        from .htex import htex_mpi_config
+        return htex_mpi_config(site, mpi_launcher=mpi_launcher, nodes_per_block=plan.nodes_per_block,
+                               blocks=plan.blocks, walltime=plan.walltime, worker_init=plan.worker_init,
+                               run_dir=plan.run_dir, label=f"htex_{mpi_launcher}")
+    return build
+
+
+def _static_config(site: Site, plan: Plan) -> Config:
+    from .static import static_blocks_config
+    return static_blocks_config(site, nodes_per_block=plan.nodes_per_block, blocks=plan.blocks,
+                                walltime=plan.walltime, worker_init=plan.worker_init, run_dir=plan.run_dir)
+
+
+def _plain_config(site: Site, plan: Plan) -> Config:
+    from .plain import plain_htex_config
+    return plain_htex_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
+                             worker_init=plan.worker_init, run_dir=plan.run_dir)
+
+
+PATHS: dict[str, LaunchPath] = {
+    "htex": LaunchPath("htex", "HTEX MPI mode (MPIExecutor + SlurmProvider), ranks started by srun --mpi=pmix",
+                       "srun", _htex_config("srun"), _plan_shared_block,
+                       MPITaskSpec.parsl_resource_spec, "htex_srun"),
+    "htex-mpiexec": LaunchPath("htex-mpiexec", "HTEX MPI mode, ranks started by Open MPI's mpirun",
+                               "mpiexec-openmpi", _htex_config("mpiexec"), _plan_shared_block,
+                               MPITaskSpec.parsl_resource_spec, "htex_mpiexec"),
+    "static": LaunchPath("static", "HTEX static blocks: one task per block over all its nodes (srun)",
+                         "srun", _static_config, _plan_static, lambda spec: None, "htex_static"),
+    "plain": LaunchPath("plain", "out-of-the-box HTEX + SlurmProvider (shows the limitation)",
+                        "mpirun-local", _plain_config, _plan_plain, lambda spec: None, "htex_plain"),
+}
+
+
+def get_path(name: str) -> LaunchPath:
+    if name not in PATHS:
+        raise SpecError(f"--path {name!r} is not a launch path: choose one of {', '.join(PATHS)}")
+    return PATHS[name]

@@ -1,0 +1,35 @@
+"""Static blocks: HTEX without MPI mode, one task at a time per block, the task spanning the block's nodes.
+
+The workaround from before MPI mode: a fixed number of blocks (init = min = max), one worker per block on
+its first node (SimpleLauncher), and each task launching over every node of its block (the block's
+Slurm task counts are widened by `blocks.slurm_provider`).
+"""
+
+from __future__ import annotations
+
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+
+from ..site import Site
+from .blocks import BlockShape, slurm_provider
+
+
+
+def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, walltime: int | str = 1800,
+                         worker_init: str = "", run_dir: str = "runinfo", label: str = "htex_static",
+                         heartbeat_threshold: int = 120) -> Config:
+    """A Parsl Config where each of `blocks` blocks runs one MPI task at a time over its `nodes_per_block` nodes.
+
+    Tasks must ask for exactly nodes_per_block nodes (fluxmpi checks this before submitting): a smaller task
+    would leave nodes idle, a larger one cannot fit.
+    """
+    shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
+    executor = HighThroughputExecutor(
+        label=label,
+        address=site.address,
+        max_workers_per_node=1,
+        cores_per_worker=1,
+        provider=slurm_provider(site, shape, worker_init),
+        heartbeat_threshold=heartbeat_threshold,
+    )
+    return Config(executors=[executor], run_dir=run_dir, strategy="simple", max_idletime=3600)

@@ -1,0 +1,81 @@
+"""Where tasks run: a Slurm cluster's partition, node size and the settings blocks need.
+
+The config builders take a `Site`, so they work the same on the local cluster and on a real one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from .cluster import LocalCluster
+
+
+class SiteError(RuntimeError):
+    """Slurm could not be asked about the cluster; the message says what failed and what to check."""
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    partition: str
+    nodes: int                       # nodes in the partition (upper bound for a block)
+    cores_per_node: int
+    gpus_per_node: int = 0
+    address: str | None = None       # how compute nodes reach the Parsl process; None lets Parsl probe
+    env: dict = field(default_factory=dict)  # variables the Parsl process and the blocks need
+    worker_init: str = ""            # shell lines run at the top of every block
+    ssh: str | None = None           # an executable that reaches compute nodes (Flux path)
+
+    def apply_env(self) -> None:
+        """Export the site's variables into this process, so Parsl's sbatch and its blocks inherit them."""
+        os.environ.update(self.env)
+
+    @classmethod
+    def from_local_cluster(cls, cluster: LocalCluster) -> "Site":
+        lay = cluster.layout
+        return cls(name=f"local:{lay.name}", partition=lay.partition, nodes=lay.nodes,
+                   cores_per_node=lay.cpus_per_node, address=lay.login_address, env=cluster.env(),
+                   ssh=str(lay.ssh_wrapper))
+
+    @classmethod
+    def from_slurm(cls, partition: str | None = None, address: str | None = None,
+                   worker_init: str = "", timeout: float = 20) -> "Site":
+        """Ask the Slurm the environment points at (SLURM_CONF or /etc/slurm) about a partition."""
+        fmt = "%P|%D|%c|%G|%a"
+        argv = ["sinfo", "-h", "-o", fmt] + (["-p", partition] if partition else [])
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise SiteError("sinfo not found: this machine is not a Slurm login node (or Slurm is not on PATH); "
+                            "use --cluster local for the embedded cluster")
+        except subprocess.TimeoutExpired:
+            raise SiteError(f"sinfo did not answer within {timeout:.0f}s: is slurmctld reachable "
+                            f"(SLURM_CONF={os.environ.get('SLURM_CONF', '/etc/slurm/slurm.conf')})?")
+        if proc.returncode != 0:
+            raise SiteError(f"sinfo failed: {proc.stderr.strip() or proc.stdout.strip()}; is Slurm reachable?")
+        rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+        if not rows:
+            if partition:
+                raise SiteError(f"partition {partition!r} does not exist; `sinfo -s` lists the partitions")
+            raise SiteError("sinfo lists no partitions")
+        # The default partition is marked with '*'; without --partition, use it.
+        chosen = next((r for r in rows if r[0].endswith("*")), rows[0]) if not partition else rows[0]
+        name = chosen[0].rstrip("*")
+        if chosen[4] != "up":
+            raise SiteError(f"partition {name!r} is {chosen[4]}, not up")
+        nodes = sum(int(r[1]) for r in rows if r[0].rstrip("*") == name)
+        cores = int(chosen[2].rstrip("+"))
+        gpus = _gpus_from_gres(chosen[3])
+        return cls(name=f"slurm:{name}", partition=name, nodes=nodes, cores_per_node=cores, gpus_per_node=gpus,
+                   address=address, worker_init=worker_init)
+
+
+def _gpus_from_gres(gres: str) -> int:
+    """'gpu:a100:4(S:0-1),foo:1' -> 4; '(null)' -> 0."""
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            return int(parts[-1])
+    return 0
