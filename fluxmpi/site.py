@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
-from .cluster import LocalCluster
+from .cluster import ClusterError, ClusterLayout, LocalCluster
+from .cluster.layout import DEFAULT_NAME
 
 
 class SiteError(RuntimeError):
@@ -79,3 +82,31 @@ def _gpus_from_gres(gres: str) -> int:
         if parts[0] == "gpu" and parts[-1].isdigit():
             return int(parts[-1])
     return 0
+
+
+@contextmanager
+def open_site(cluster: str = "local", *, nodes: int = 4, partition: str | None = None,
+              address: str | None = None, name: str = DEFAULT_NAME, log=print) -> Iterator[Site]:
+    """The Site to run on: "local" uses the local cluster `name` (booting it with `nodes` nodes if it is not
+    up, and tearing it down afterwards only in that case); "slurm" asks the Slurm this machine points at."""
+    if cluster == "slurm":
+        yield Site.from_slurm(partition=partition, address=address)
+        return
+    if cluster != "local":
+        raise SiteError(f"--cluster {cluster!r} is not known: use 'local' (the embedded cluster) or 'slurm'")
+    booted = False
+    try:
+        local = LocalCluster.running(name)
+    except ClusterError:
+        local = LocalCluster(ClusterLayout(name=name, nodes=nodes))
+        log(f"fluxmpi: booting the local cluster {name!r} ({nodes} nodes)")
+        log(local.up())
+        booted = True
+    if local.layout.nodes < nodes:
+        raise SiteError(f"the local cluster {name!r} has {local.layout.nodes} nodes but {nodes} are needed: "
+                        f"`fluxmpi cluster down --name {name}` and let fluxmpi boot a bigger one")
+    try:
+        yield Site.from_local_cluster(local)
+    finally:
+        if booted:
+            log(local.down())

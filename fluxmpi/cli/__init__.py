@@ -6,6 +6,8 @@ import click
 
 from .. import __version__
 from .cluster import cluster
+from .envfile import env_command
+from .run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -15,4 +17,6 @@ def main() -> None:
 
 
 main.add_command(cluster)
+main.add_command(run)
+main.add_command(env_command)
 
