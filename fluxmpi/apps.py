@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 
-LAUNCHERS = ("srun", "mpiexec-openmpi", "mpiexec-mpich", "mpirun-local")
+# "flux": the body runs once per rank inside a Flux job and is that rank (see run_flux_rank).
+LAUNCHERS = ("srun", "mpiexec-openmpi", "mpiexec-mpich", "mpirun-local", "flux")
 
 
 class MPITaskFailed(RuntimeError):
@@ -79,16 +82,21 @@ def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
 
 
 def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, timeout: float | None = None,
-                 parsl_resource_specification: dict | None = None) -> dict:
-    """Launch one MPI task and wait for it (at most `timeout` seconds). Returns where and when it ran."""
+                 init: str = "", parsl_resource_specification: dict | None = None) -> dict:
+    """Launch one MPI task and wait for it (at most `timeout` seconds). Returns where and when it ran.
+
+    init: shell lines sourced before launching (for paths whose tasks do not inherit the block's set-up).
+    """
     from fluxmpi.spec import MPITaskSpec  # imported on the worker
 
     task_spec = MPITaskSpec.from_dict(spec)
+    if launcher == "flux":
+        return run_flux_rank(task_spec, app_argv, task, timeout, init)
     nodes = task_nodes()
     argv = launch_argv(task_spec, launcher, nodes, app_argv)
     t_launch = time.time()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=task_environment(init) if init else None)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -105,15 +113,95 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
         raise MPITaskFailed(task, f"{argv[0]} exited with code {proc.returncode} on {','.join(nodes)}",
                             launcher_failures(err), _tail(err), argv)
     return {"task": task, "worker_host": socket.gethostname(), "nodes": nodes[:task_spec.nodes], "argv": argv,
-            "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5)}
+            "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
+            # Which env file the block sourced (worker_init), so a run can show its workers got it.
+            "env_file": os.environ.get("FLUXMPI_ENV_FILE")}
 
 
-def compile_app(dest_dir: str, mpicc: str = "mpicc", name: str = "mpi_hello",
+class TaskInitFailed(RuntimeError):
+    """The shell lines a task sources before its app (`init`) failed; says which lines and how."""
+
+
+# Separates whatever `init` prints from the environment dump that follows it.
+_ENV_MARK = "\n--fluxmpi-task-environment--\n"
+
+
+def task_environment(init: str, timeout: float = 120) -> dict[str, str]:
+    """This process's environment after sourcing `init` (e.g. `source /path/env.sh`) in bash."""
+    script = f"{init}\nprintf '%s' {shlex.quote(_ENV_MARK)}\nexec env -0"
+    try:
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TaskInitFailed(f"the task set-up lines did not finish within {timeout:.0f}s: {init!r}") from None
+    mark = _ENV_MARK.encode()
+    if proc.returncode != 0 or mark not in proc.stdout:
+        raise TaskInitFailed(f"the task set-up lines {init!r} failed (exit {proc.returncode}) on "
+                             f"{socket.gethostname()}: {_tail(proc.stderr.decode(errors='replace'), 5)}")
+    dump = proc.stdout.split(mark, 1)[1].decode(errors="surrogateescape")
+    return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
+
+
+def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = None, init: str = "") -> dict | None:
+    """Be one rank of an MPI task that runs as a Flux job (Parsl's FluxExecutor runs this body once per rank).
+
+    The MPI app starts as this rank: Flux's PMI reaches it through the inherited PMI_FD, and each rank writes
+    its own record. Only rank 0's return value becomes the task's result. A failure on rank 0 raises
+    MPITaskFailed; on another rank it goes to stderr (the job's stderr file in the executor's working
+    directory) and ends the rank with a non-zero code, which fails the job.
+    """
+    if "FLUX_TASK_RANK" not in os.environ:
+        raise MPITaskFailed(task, "the flux launcher runs inside a Flux job, but FLUX_TASK_RANK is unset: "
+                                  "submit it through the Flux launch path (Parsl's FluxExecutor)")
+    rank, size = int(os.environ["FLUX_TASK_RANK"]), int(os.environ.get("FLUX_JOB_SIZE", "0"))
+    host = socket.gethostname()
+    if size != spec.ranks:  # every rank sees this; rank 0 reports it
+        if rank == 0:
+            raise MPITaskFailed(task, f"Flux started {size} ranks but the task is {spec}: the resource "
+                                      f"specification did not match the spec")
+        return None
+    limits = [t for t in (timeout, spec.walltime) if t]
+    limit = min(limits) if limits else None
+    env = task_environment(init) if init else None
+    pmi_fd = os.environ.get("PMI_FD", "")
+    t_launch = time.time()
+    # Same process group as this rank, so a Flux job kill reaches the app too.
+    proc = subprocess.Popen(app_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            pass_fds=[int(pmi_fd)] if pmi_fd.isdigit() else [])
+    try:
+        out, err = proc.communicate(timeout=limit)
+        failure = None if proc.returncode == 0 else f"exited with code {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        failure = f"did not finish within {limit:.0f}s; killed"
+    t_done = time.time()
+    if failure:
+        reason = f"rank {rank} of {size} ({os.path.basename(app_argv[0])}) {failure} on {host}"
+        if rank == 0:
+            raise MPITaskFailed(task, reason, [(str(rank), host, failure)], _tail(err), app_argv)
+        print(f"fluxmpi: task {task}: {reason}\n{_tail(err)}", file=sys.stderr, flush=True)
+        raise SystemExit(proc.returncode if proc.returncode and proc.returncode > 0 else 1)
+    if rank != 0:
+        return None
+    return {"task": task, "worker_host": host, "flux_job_id": os.environ.get("FLUX_JOB_ID"),
+            "nodes": None,  # Flux chose them; the ranks' records say which (placement)
+            "ranks": size, "argv": app_argv, "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
+            "env_file": (env or os.environ).get("FLUXMPI_ENV_FILE")}
+
+
+def compile_app(dest_dir: str, mpicc: str = "mpicc", name: str = "mpi_hello", init: str = "",
                 parsl_resource_specification: dict | None = None) -> str:
-    """Compile the C app on a compute node (the first task of a run), so it matches the nodes' MPI."""
+    """Compile the C app on a compute node (the first task of a run), so it matches the nodes' MPI.
+
+    init: shell lines sourced first (as for run_mpi_task), so mpicc comes from the same environment as the app.
+    """
     from fluxmpi.mpi_apps import compile_c_app
 
-    return str(compile_c_app(dest_dir, mpicc=mpicc, name=name))
+    return str(compile_c_app(dest_dir, mpicc=mpicc, name=name, env=task_environment(init) if init else None))
 
 
 def _tail(text: str, lines: int = 12) -> str:

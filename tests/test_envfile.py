@@ -6,6 +6,7 @@ Spack cannot run here, so its parts are mocks, named as such: a view whose bin/ 
 """
 
 import os
+import sys
 import shutil
 import subprocess
 from pathlib import Path
@@ -203,3 +204,19 @@ def test_cli_env_not_found(tmp_path, monkeypatch):
     monkeypatch.delenv(spackenv.PREFIX_VAR, raising=False)
     result = CliRunner().invoke(env_command, [])
     assert result.exit_code == 1 and "no fluxmpi env file found" in result.output
+
+
+@pytest.mark.cluster
+def test_workers_of_a_run_source_the_env_file(cluster, env_file, tmp_path):
+    """The generated env file, given as the blocks' worker set-up, is what the task environment shows."""
+    from fluxmpi.runner import run_tasks
+    from fluxmpi.site import Site
+    from fluxmpi.spec import MPITaskSpec
+
+    # The mock view has no Parsl; keep this machine's Parsl scripts reachable after the file resets PATH.
+    parsl_bin = os.path.dirname(sys.executable)
+    init = spackenv.worker_init_line(env_file) + f"\nexport PATH=$PATH:{parsl_bin}"
+    result = run_tasks("htex", Site.from_local_cluster(cluster), [MPITaskSpec(nodes=2, ranks_per_node=1)],
+                       app="mpi4py", workdir=tmp_path / "run", worker_init=init, run_timeout=300)
+    assert result.ok, [t.error for t in result.tasks]
+    assert result.tasks[0].result["env_file"] == str(env_file)

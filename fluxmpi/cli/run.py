@@ -27,6 +27,7 @@ from .common import fail
 @click.option("--busy", type=float, default=None, help="Seconds each rank spins after MPI_Init.")
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: the embedded cluster (booted if none is up); slurm: the Slurm this machine uses.")
+@click.option("--cluster-name", default="fluxmpi", show_default=True, help="Name of the local cluster to use.")
 @click.option("--cluster-nodes", type=int, default=4, show_default=True, help="Nodes of a local cluster booted for this run.")
 @click.option("--partition", default=None, help="Slurm partition [the default partition].")
 @click.option("--nodes-per-block", type=int, default=None, help="Nodes in each Parsl block [all of the partition].")
@@ -35,7 +36,7 @@ from .common import fail
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where records and Parsl logs go [./fluxmpi-runs/<time>-<path>].")
 def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
-        cluster_nodes, partition, nodes_per_block, walltime, task_timeout, workdir) -> None:
+        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, workdir) -> None:
     """Run --repeats copies of one MPI task concurrently and check where every rank ran.
 
     Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced.
@@ -49,7 +50,7 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
         fail(str(err), code=2)
     specs = [spec] * repeats
     try:
-        with open_site(cluster, nodes=cluster_nodes, partition=partition,
+        with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name,
                        log=lambda m: click.echo(m, err=True)) as site:
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
             click.echo(f"fluxmpi: {repeats} x {spec} via {path} on {site.name}", err=True)
