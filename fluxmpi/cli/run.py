@@ -6,6 +6,7 @@ import click
 from tqdm import tqdm
 
 from ..launch.paths import PATHS
+from .. import spackenv
 from ..mpi_apps import APPS
 from ..runner import RunError, run_tasks
 from ..site import SiteError, open_site
@@ -33,10 +34,12 @@ from .common import fail
 @click.option("--nodes-per-block", type=int, default=None, help="Nodes in each Parsl block [all of the partition].")
 @click.option("--walltime", default="00:30:00", show_default=True, help="Walltime of each block.")
 @click.option("--task-timeout", type=float, default=600, show_default=True, help="Seconds before a task is killed.")
+@click.option("--env-file", default=None,
+              help="Env file the blocks source before starting workers (see `fluxmpi env`); checked first.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where records and Parsl logs go [./fluxmpi-runs/<time>-<path>].")
 def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
-        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, workdir) -> None:
+        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir) -> None:
     """Run --repeats copies of one MPI task concurrently and check where every rank ran.
 
     Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced.
@@ -46,7 +49,12 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
                                  cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
         if repeats < 1:
             raise SpecError(f"--repeats {repeats} must be at least 1")
-    except SpecError as err:
+        worker_init = ""
+        if env_file:
+            path = spackenv.find_env_file(env_file)
+            spackenv.validate_env_file(path)
+            worker_init = spackenv.worker_init_line(path)
+    except (SpecError, spackenv.EnvFileError) as err:
         fail(str(err), code=2)
     specs = [spec] * repeats
     try:
@@ -58,6 +66,7 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
                       disable=None) as bar:
                 result = run_tasks(path, site, specs, app=app, workdir=workdir, sleep=sleep, busy=busy,
                                    nodes_per_block=nodes_per_block, walltime=walltime, task_timeout=task_timeout,
+                                   worker_init=worker_init,
                                    on_progress=lambda done, total: bar.update(done - bar.n))
     except (SpecError, SiteError, RunError) as err:
         fail(str(err), code=2 if isinstance(err, SpecError) else 1)
