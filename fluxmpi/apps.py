@@ -128,7 +128,9 @@ _ENV_MARK = "\n--fluxmpi-task-environment--\n"
 
 def task_environment(init: str, timeout: float = 120) -> dict[str, str]:
     """This process's environment after sourcing `init` (e.g. `source /path/env.sh`) in bash."""
-    script = f"{init}\nprintf '%s' {shlex.quote(_ENV_MARK)}\nexec env -0"
+    # The dump is this Python's (isolated, no site), so it works whatever PATH `init` leaves behind.
+    dump_env = "import os, sys; sys.stdout.buffer.write(b'\\0'.join(k + b'=' + v for k, v in os.environb.items()))"
+    script = f"{init}\nprintf '%s' {shlex.quote(_ENV_MARK)}\nexec {shlex.quote(sys.executable)} -I -S -c {shlex.quote(dump_env)}"
     try:
         proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -41,6 +41,7 @@ class TaskOutcome:
     ok: bool = False
     error: str | None = None
     result: dict | None = None
+    admitted: float | None = None       # handed to the executor (after the node gate, if the path has one)
 
 
 @dataclass
@@ -124,19 +125,21 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     t_loaded = time.time()
     gate = NodeGate(plan.gate_capacity) if plan.gate_capacity else None
     run_app = _python_app(run_mpi_task, lp.label)
+    task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
     outcomes: list[TaskOutcome] = []
     t_compiled = None
     try:
         if app == "c":
-            t_compiled = _compile_first(lp, gate, bin_dir)
+            t_compiled = _compile_first(lp, gate, bin_dir, site, task_kw)
         futures: dict[Future, TaskOutcome] = {}
         for tid, spec, argv in zip(task_ids, specs, app_argvs):
             outcome = TaskOutcome(tid, spec.to_dict(), submitted=time.time())
-            rs = lp.resource_spec(spec)
+            rs = lp.resources(spec, site)
 
-            def start(spec=spec, argv=argv, tid=tid, rs=rs) -> Future:
+            def start(spec=spec, argv=argv, tid=tid, rs=rs, outcome=outcome) -> Future:
                 kwargs = {"parsl_resource_specification": rs} if rs else {}
-                return run_app(spec.to_dict(), lp.launcher, argv, tid, task_timeout, **kwargs)
+                outcome.admitted = time.time()
+                return run_app(spec.to_dict(), lp.launcher, argv, tid, task_timeout, **task_kw, **kwargs)
             fut = gate.submit(spec.nodes, start, label=f"task {tid}") if gate else start()
             fut.add_done_callback(lambda f, o=outcome: _record(o, f))
             futures[fut] = outcome
@@ -158,15 +161,16 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     return result
 
 
-def _compile_first(lp: LaunchPath, gate: NodeGate | None, bin_dir: Path) -> float:
+def _compile_first(lp: LaunchPath, gate: NodeGate | None, bin_dir: Path, site: Site,
+                   task_kw: dict | None = None) -> float:
     """Compile the C app as the run's first task, on a compute node; fail the run clearly if it cannot."""
     compile_task = _python_app(compile_app, lp.label)
     one = MPITaskSpec(nodes=1, ranks_per_node=1)
-    rs = lp.resource_spec(one)
+    rs = lp.resources(one, site)
     kwargs = {"parsl_resource_specification": rs} if rs else {}
 
     def start() -> Future:
-        return compile_task(str(bin_dir), **kwargs)
+        return compile_task(str(bin_dir), **(task_kw or {}), **kwargs)
     fut = gate.submit(1, start, label="compile") if gate else start()
     try:
         fut.result(timeout=COMPILE_TIMEOUT)

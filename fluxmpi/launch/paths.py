@@ -34,6 +34,19 @@ class LaunchPath:
     plan: Callable[[Site, list[MPITaskSpec], int | None], Plan]
     resource_spec: Callable[[MPITaskSpec], dict | None]
     label: str
+    # For paths whose tasks depend on the site (Flux): resources from spec and site (used instead of
+    # resource_spec), and extra keyword arguments for the task bodies (fluxmpi.apps).
+    site_resource_spec: Callable[[MPITaskSpec, Site], dict | None] | None = None
+    task_kwargs: Callable[[Site, Plan], dict] | None = None
+
+    def resources(self, spec: MPITaskSpec, site: Site) -> dict | None:
+        """The resource_specification a task of `spec` is submitted with on `site`."""
+        if self.site_resource_spec is not None:
+            return self.site_resource_spec(spec, site)
+        return self.resource_spec(spec)
+
+    def task_options(self, site: Site, plan: Plan) -> dict:
+        return self.task_kwargs(site, plan) if self.task_kwargs else {}
 
     def check(self, site: Site, specs: list[MPITaskSpec], nodes_per_block: int | None = None) -> Plan:
         """Validate every task against this path and the site; raise SpecError before anything is submitted."""
@@ -95,6 +108,36 @@ def _plain_config(site: Site, plan: Plan) -> Config:
                              worker_init=plan.worker_init, run_dir=plan.run_dir)
 
 
+def _plan_flux(site, specs, nodes_per_block):
+    from .flux import check_exclusive_fits
+    from .flux_install import check_flux
+
+    check_flux()  # flux, its Python bindings and their versions, before anything is submitted
+    for i, spec in enumerate(specs):
+        try:
+            check_exclusive_fits(spec, site.cores_per_node)
+        except SpecError as err:
+            raise SpecError(f"task {i}: {err}") from None
+    # One block (FluxExecutor submits one); no gate: Flux queues the tasks and places them itself.
+    return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
+
+
+def _flux_config(site: Site, plan: Plan) -> Config:
+    from .flux import flux_config
+    return flux_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
+                       worker_init=plan.worker_init, run_dir=plan.run_dir)
+
+
+def _flux_resources(spec: MPITaskSpec, site: Site) -> dict:
+    from .flux import flux_resource_spec
+    return flux_resource_spec(spec, site.cores_per_node)
+
+
+def _flux_task_kwargs(site: Site, plan: Plan) -> dict:
+    from .flux import task_init
+    return {"init": task_init(site, plan.worker_init)}
+
+
 PATHS: dict[str, LaunchPath] = {
     "htex": LaunchPath("htex", "HTEX MPI mode (MPIExecutor + SlurmProvider), ranks started by srun --mpi=pmix",
                        "srun", _htex_config("srun"), _plan_shared_block,
@@ -106,6 +149,9 @@ PATHS: dict[str, LaunchPath] = {
                          "srun", _static_config, _plan_static, lambda spec: None, "htex_static"),
     "plain": LaunchPath("plain", "out-of-the-box HTEX + SlurmProvider (shows the limitation)",
                         "mpirun-local", _plain_config, _plan_plain, lambda spec: None, "htex_plain"),
+    "flux": LaunchPath("flux", "FluxExecutor + SlurmProvider: a Flux instance per block places the ranks (Flux PMI)",
+                       "flux", _flux_config, _plan_flux, MPITaskSpec.flux_executor_spec, "flux",
+                       site_resource_spec=_flux_resources, task_kwargs=_flux_task_kwargs),
 }
 
 

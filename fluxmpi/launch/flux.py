@@ -1,0 +1,151 @@
+"""Flux inside Slurm blocks: Parsl's FluxExecutor + SlurmProvider, Flux placing the node-spanning MPI tasks.
+
+The block runs one Flux broker per node (srun, PMI-bootstrapped); the instance's first program is Parsl's
+instance manager, which calls this process back and hands it the instance's URI. Parsl then submits each task
+as one Flux job of `ranks` tasks over `nodes` nodes, and Flux (not Parsl, not fluxmpi) decides where they go.
+
+What FluxExecutor needs from the site, and how fluxmpi supplies it:
+- The manager calls back to `{hostname}` of this process. On the local cluster that name resolves to
+  127.0.0.1, which inside a node is the node itself, so the launch command carries `site.address` instead.
+- From another host the manager hands out an `ssh://NODE/...` URI: this process must ssh to the block's first
+  node without a password. FLUX_SSH names the ssh executable (a wrapper script, not a command with arguments),
+  FLUX_SSH_RCMD the remote `flux`; flux's ssh connector reads both from this process's environment.
+- It runs the app body once per Flux task (MPI rank); see fluxmpi.apps.run_flux_rank.
+- It gives tasks this process's environment and cwd, not the block's worker_init: the site's set-up lines are
+  therefore handed to every rank (`task_init`), which sources them before starting the MPI app.
+- Its resource keys are num_tasks, cores_per_task, gpus_per_task, num_nodes; it has no exclusive key, so an
+  exclusive task asks for every core of its nodes instead (`flux_resource_spec`).
+- It submits exactly one block and never scales.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from parsl.config import Config
+from parsl.executors import FluxExecutor
+
+from ..site import Site
+from ..spec import MPITaskSpec, SpecError
+from .blocks import BlockShape, slurm_provider
+from .flux_install import FluxInstall, FluxSetupError, check_flux
+
+# How Slurm hands the brokers their PMI: Flux's broker speaks PMI-1/PMI-2 (wire protocol or libpmi2); Debian's
+# Slurm offers pmi2 beside pmix. Open MPI ranks inside Flux get PMI from Flux itself, not from this.
+BROKER_PMI = "pmi2"
+# The keys Parsl's FluxExecutor reads; it ignores any other silently, so fluxmpi never sends another.
+FLUX_EXECUTOR_KEYS = ("num_tasks", "cores_per_task", "gpus_per_task", "num_nodes")
+
+
+def flux_resource_spec(spec: MPITaskSpec, cores_per_node: int) -> dict[str, int]:
+    """FluxExecutor's resource_specification for `spec` on nodes of `cores_per_node` cores.
+
+    Exclusive tasks take whole nodes: with no exclusive key, each rank asks for cores_per_node / ranks_per_node
+    cores, so the task's slots fill its nodes and Flux can place nothing else there.
+    """
+    rs = spec.flux_executor_spec()
+    check_exclusive_fits(spec, cores_per_node)
+    if spec.exclusive:
+        rs["cores_per_task"] = max(spec.cores_per_rank, cores_per_node // spec.ranks_per_node)
+    assert set(rs) <= set(FLUX_EXECUTOR_KEYS), rs
+    return rs
+
+
+def check_exclusive_fits(spec: MPITaskSpec, cores_per_node: int) -> None:
+    """Refuse an exclusive task whose ranks cannot split a node's cores evenly (Flux would leave some free)."""
+    if not spec.exclusive:
+        return
+    if spec.ranks_per_node > cores_per_node or cores_per_node % spec.ranks_per_node:
+        divisors = [d for d in range(1, cores_per_node + 1) if cores_per_node % d == 0]
+        raise SpecError(
+            f"task {spec} is exclusive, which the Flux path honours by giving each rank "
+            f"{cores_per_node} cores / ranks_per_node of a node (FluxExecutor has no exclusive key), but "
+            f"{cores_per_node} cores do not split evenly over ranks_per_node={spec.ranks_per_node}: use "
+            f"ranks_per_node in {divisors}, or exclusive=False to let other tasks share the node's free cores")
+
+
+def callback_address(site: Site, hostname: str | None = None) -> str:
+    """The address the instance manager in the block uses to reach this process.
+
+    site.address when given (the local cluster's bridge address); otherwise this host's name (`hostname`
+    [socket.gethostname()]), unless that resolves to a loopback address: on a compute node that is the node.
+    """
+    if site.address:
+        return site.address
+    name = hostname or socket.gethostname()
+    try:
+        resolved = socket.gethostbyname(name)
+    except OSError as err:
+        raise FluxSetupError(f"this host's name {name!r} does not resolve ({err}): give the site an address "
+                             f"compute nodes reach this machine on (Site(address=...), fluxmpi --address)") from None
+    if ipaddress.ip_address(resolved).is_loopback:
+        raise FluxSetupError(
+            f"this host's name {name!r} resolves to {resolved}, a loopback address: the Flux instance manager on "
+            f"a compute node would call itself back. Give the site the address compute nodes reach this "
+            f"machine on (Site(address=...), fluxmpi --address)")
+    return name
+
+
+def broker_launch_cmd(install: FluxInstall, nodes: int, cores_per_node: int, address: str,
+                      broker_pmi: str = BROKER_PMI) -> str:
+    """FluxExecutor's launch_cmd: one broker per node of the block, the instance manager as its program.
+
+    Parsl fills {flux} {python} {manager} {protocol} {port} (str.format); the address is fixed here.
+    --cpus-per-task gives each broker's step the whole node, so a site that confines steps to their CPUs
+    (task/affinity, task/cgroup) does not leave Flux one core per node.
+    """
+    if not address or any(c in address for c in "{} \t\n'\""):
+        raise FluxSetupError(f"callback address {address!r} is not a host name or IP address")
+    srun = ["srun", f"--mpi={broker_pmi}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            f"--cpus-per-task={cores_per_node}", "--cpu-bind=none"]
+    return " ".join(srun) + " {flux} start {python} {manager} {protocol} " + address + " {port}"
+
+
+def flux_client_env(site: Site, install: FluxInstall) -> dict[str, str]:
+    """What flux's ssh connector in this process needs to reach the instance on the block's first node."""
+    env = {"FLUX_SSH_RCMD": install.flux}
+    ssh = site.ssh or os.environ.get("FLUX_SSH")
+    if ssh:
+        if not (os.path.isfile(ssh) and os.access(ssh, os.X_OK)):
+            raise FluxSetupError(
+                f"FLUX_SSH must name an executable ssh (a wrapper script), got {ssh!r}: flux runs it without a "
+                f"shell, so a command with arguments does not work; write them into a script and give its path")
+        env["FLUX_SSH"] = ssh
+    return env
+
+
+def task_init(site: Site, worker_init: str = "") -> str:
+    """Shell lines every rank sources before its MPI app (FluxExecutor tasks skip the block's worker_init)."""
+    return "\n".join(line for line in (site.worker_init, worker_init) if line.strip())
+
+
+def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,
+                worker_init: str = "", run_dir: str = "runinfo", label: str = "flux",
+                install: FluxInstall | None = None, broker_pmi: str = BROKER_PMI,
+                apply_env: bool = True) -> Config:
+    """A Parsl Config running MPI tasks as Flux jobs inside one Slurm block of `nodes_per_block` nodes.
+
+    site: partition, node size, the address compute nodes reach this process on, and its ssh wrapper.
+    nodes_per_block: nodes of the block [all of the partition]; a task may span up to this many.
+    worker_init: extra shell lines for the block (before the brokers start); tasks get them via task_init.
+    install: a checked Flux install [check_flux(): found, importable, versions agree, else FluxSetupError].
+    apply_env: export FLUX_SSH / FLUX_SSH_RCMD into this process (flux's ssh connector reads them from it).
+    """
+    install = install or check_flux()
+    shape = BlockShape.build(site, nodes_per_block, 1, walltime)
+    client_env = flux_client_env(site, install)
+    launch_cmd = broker_launch_cmd(install, shape.nodes_per_block, site.cores_per_node, callback_address(site),
+                                   broker_pmi)
+    if apply_env:
+        os.environ.update(client_env)
+    executor = FluxExecutor(
+        label=label,
+        provider=slurm_provider(site, shape, worker_init),
+        working_dir=os.path.join(os.path.abspath(run_dir), label),
+        flux_path=install.flux,
+        launch_cmd=launch_cmd,
+    )
+    return Config(executors=[executor], run_dir=run_dir, strategy="none", initialize_logging=True)
+
