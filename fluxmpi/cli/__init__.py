@@ -8,6 +8,9 @@ from .. import __version__
 from .cluster import cluster
 from .envfile import env_command
 from .run import run
+from .warm import warm_command
+from .clean import clean_command
+from .doctor import doctor_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -19,4 +22,7 @@ def main() -> None:
 main.add_command(cluster)
 main.add_command(run)
 main.add_command(env_command)
+main.add_command(warm_command)
+main.add_command(clean_command)
+main.add_command(doctor_command)
 

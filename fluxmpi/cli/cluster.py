@@ -6,7 +6,7 @@ import click
 
 from ..cluster import ClusterError, ClusterLayout, LayoutError, LocalCluster, PreflightError
 from .common import fail
-from ..cluster.layout import DEFAULT_NAME, DEFAULT_NODES, load_state
+from ..cluster.layout import DEFAULT_NAME, DEFAULT_NODES, DEFAULT_RESUME_DELAY, load_state
 
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True,
                            help="Cluster name (several can coexist).")
@@ -28,10 +28,19 @@ def cluster() -> None:
 @click.option("--cpus-per-node", type=int, default=None, help="Cores Slurm sees per node [default: this machine's].")
 @click.option("--subnet", default="", help="Private IPv4 /24 for the nodes [default: derived from --name].")
 @click.option("--timeout", type=float, default=90, show_default=True, help="Seconds to wait for idle nodes.")
-def up(name: str, nodes: int, cpus_per_node: int | None, subnet: str, timeout: float) -> None:
+@click.option("--elastic", is_flag=True,
+              help="Slurm power saving: idle nodes power down (their daemons stop) and jobs power them up again.")
+@click.option("--resume-delay", type=float, default=None,
+              help=f"With --elastic: seconds a powered-down node takes to come back [{DEFAULT_RESUME_DELAY:g}].")
+def up(name: str, nodes: int, cpus_per_node: int | None, subnet: str, timeout: float, elastic: bool,
+       resume_delay: float | None) -> None:
     """Boot the cluster and wait until every node is idle (does nothing if it is already up)."""
     try:
         kw = {"cpus_per_node": cpus_per_node} if cpus_per_node else {}
+        if elastic:
+            kw.update(elastic=True, resume_delay=DEFAULT_RESUME_DELAY if resume_delay is None else resume_delay)
+        elif resume_delay is not None:
+            kw["resume_delay"] = resume_delay       # the layout refuses it, naming --elastic
         layout = ClusterLayout(name=name, nodes=nodes, subnet=subnet, **kw)
         click.echo(LocalCluster(layout).up(timeout=timeout))
     except (LayoutError, PreflightError, ClusterError) as err:

@@ -5,7 +5,16 @@ Pure functions of the layout, so the tests can read what will be written without
 
 from __future__ import annotations
 
-from .layout import ClusterLayout
+import shlex
+import sys
+from pathlib import Path
+
+from .layout import ClusterLayout, state_root
+
+# Seconds slurmctld gives the suspend program to stop a node's daemons (it stops them within 3 s, then SIGKILL).
+SUSPEND_TIMEOUT = 6
+# Seconds beyond the resume delay a resumed node may take to register before Slurm marks it DOWN.
+RESUME_SLACK = 60
 
 
 def slurm_conf(layout: ClusterLayout) -> str:
@@ -49,6 +58,8 @@ def slurm_conf(layout: ClusterLayout) -> str:
         "KillWait=5",
         "MinJobAge=120",
     ]
+    if layout.elastic:
+        lines += power_saving_lines(layout)
     c = layout.cpus_per_node
     for node in layout.node_names:
         lines.append(
@@ -58,6 +69,47 @@ def slurm_conf(layout: ClusterLayout) -> str:
     lines.append(
         f"PartitionName={layout.partition} Nodes={layout.nodelist} Default=YES MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
+
+
+def power_saving_lines(layout: ClusterLayout) -> list[str]:
+    """Slurm power saving (slurm.conf(5), 22.05): idle nodes are suspended after SuspendTime; a job that needs
+    them runs the ResumeProgram and waits (state CONFIGURING) until their slurmd registers again."""
+    return [
+        f"SuspendProgram={layout.power_program('suspend')}",
+        f"ResumeProgram={layout.power_program('resume')}",
+        f"SuspendTime={layout.suspend_time}",
+        f"SuspendTimeout={SUSPEND_TIMEOUT}",
+        f"ResumeTimeout={int(layout.resume_delay) + RESUME_SLACK}",
+        # No rate limit: the point is to measure one node's power-up latency, not a site's surge protection.
+        "ResumeRate=0",
+        "SuspendRate=0",
+        # Look for idle nodes every second (default 10 s), so suspend times are what the layout says.
+        "SlurmctldParameters=idle_on_node_suspend,power_save_interval=1,power_save_min_interval=0",
+        "DebugFlags=Power",
+    ]
+
+
+def power_program(layout: ClusterLayout, action: str) -> str:
+    """The script slurmctld runs with a hostlist argument; it hands over to fluxmpi.cluster.elastic.
+
+    slurmctld gives its power programs an almost empty environment, so PATH, the Python, where fluxmpi is and
+    the cluster state root are all spelled out here.
+    """
+    if action not in ("resume", "suspend"):
+        raise ValueError(f"power program action {action!r} is not resume or suspend")
+    package_parent = Path(__file__).resolve().parents[2]
+    python = shlex.quote(sys.executable)
+    return "\n".join([
+        "#!/bin/sh",
+        f"# {action.capitalize()}Program of the elastic fluxmpi cluster {layout.name!r} (see slurm.conf).",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        f"PYTHONPATH={shlex.quote(str(package_parent))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"FLUXMPI_CLUSTER_ROOT={shlex.quote(str(state_root()))}",
+        "export PATH PYTHONPATH FLUXMPI_CLUSTER_ROOT",
+        f"exec {python} -m fluxmpi.cluster.elastic {action} --state-dir {shlex.quote(str(layout.state_dir))} "
+        f"\"$@\" >>{shlex.quote(str(layout.log('power')))} 2>&1",
+        "",
+    ])
 
 
 def sshd_config(layout: ClusterLayout) -> str:

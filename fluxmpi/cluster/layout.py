@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 import zlib
@@ -19,6 +20,10 @@ DEFAULT_NODES = 3
 DEFAULT_PARTITION = "debug"
 STATE_ROOT_ENV = "FLUXMPI_CLUSTER_ROOT"
 DEFAULT_STATE_ROOT = "/var/tmp/fluxmpi/clusters"
+# Elastic mode: seconds a powered-down node takes to come back, and idle seconds before it powers down.
+DEFAULT_RESUME_DELAY = 10.0
+DEFAULT_SUSPEND_TIME = 30
+MAX_RESUME_DELAY = 600.0
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
 
@@ -45,6 +50,10 @@ class ClusterLayout:
     node_prefix: str = ""
     partition: str = DEFAULT_PARTITION
     memory_per_node_mb: int = 2048
+    # Elastic: Slurm powers idle nodes down (their daemons stop) and up again, `resume_delay` seconds late.
+    elastic: bool = False
+    resume_delay: float = 0.0
+    suspend_time: int = DEFAULT_SUSPEND_TIME
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -72,6 +81,20 @@ class ClusterLayout:
             object.__setattr__(self, "node_prefix", "fxm" if self.name == DEFAULT_NAME else f"{self.name}n")
         if not re.match(r"^[a-z][a-z0-9-]{0,15}$", self.node_prefix):
             raise LayoutError(f"node prefix {self.node_prefix!r} is not a valid hostname prefix")
+        self._check_elastic()
+
+    def _check_elastic(self) -> None:
+        delay = self.resume_delay
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) \
+                or not 0 <= delay <= MAX_RESUME_DELAY:
+            raise LayoutError(f"--resume-delay {delay!r} is out of range: give seconds from 0 to "
+                              f"{MAX_RESUME_DELAY:.0f}")
+        if delay and not self.elastic:
+            raise LayoutError(f"--resume-delay {delay:g} only applies to an elastic cluster: add --elastic")
+        if isinstance(self.suspend_time, bool) or not isinstance(self.suspend_time, int) \
+                or not 5 <= self.suspend_time <= 86400:
+            raise LayoutError(f"suspend_time {self.suspend_time!r} is out of range: give whole seconds "
+                              "from 5 to 86400")
 
     # --- identity and addresses -------------------------------------------------------------
     @property
@@ -166,6 +189,14 @@ class ClusterLayout:
 
     def log(self, daemon: str) -> Path:
         return self.state_dir / "log" / f"{daemon}.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "state.lock"
+
+    def power_program(self, action: str) -> Path:
+        """The ResumeProgram / SuspendProgram slurmctld runs in elastic mode (action: resume or suspend)."""
+        return self.state_dir / "bin" / action
 
     # --- persistence ------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -7,17 +7,21 @@ the machine itself, which plays the login node.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import configs, network, preflight
 from .layout import ClusterLayout, LayoutError, load_state
-from .processes import alive, command_of, pids_in_netns, spawn_detached, terminate
+from .processes import (alive, command_of, names_path, pids_in_netns, pids_with_args, spawn_detached,
+                        terminate)
 
 UP_TIMEOUT = 90.0
 
@@ -49,6 +53,9 @@ class ClusterStatus:
         head = (f"cluster {lay.name}: up, {lay.nodes} nodes x "
                 f"{lay.cpus_per_node} cpus, partition {lay.partition}, subnet {lay.subnet}, "
                 f"SLURM_CONF={lay.slurm_conf}")
+        if lay.elastic:
+            head += (f"\nelastic: idle nodes power down after {lay.suspend_time}s and take {lay.resume_delay:g}s to "
+                     "come back (state idle~ = powered down, # = powering up, % = powering down)")
         rows = [f"{'NODELIST':<12} {'ADDRESS':<15} {'STATE':<10} {'SLURMD':<7} SSHD"]
         for n in self.nodes:
             rows.append(f"{n.name:<12} {n.address:<15} {n.slurm_state:<10} "
@@ -58,6 +65,23 @@ class ClusterStatus:
 
 def _run(argv: list[str], env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@contextmanager
+def state_lock(layout: ClusterLayout) -> Iterator[None]:
+    """Hold the cluster's state lock: the power programs and `down` update state.json concurrently."""
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _hosts_block_present(layout: ClusterLayout) -> bool:
+    # A whole-line match: cluster "fxops" must not find the block of "fxops2", whose marker it prefixes.
+    return any(line.strip() == layout.hosts_begin for line in network.HOSTS_FILE.read_text().splitlines())
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -136,12 +160,7 @@ class LocalCluster:
             self._start_munged()
             self._start_slurmctld()
             for node in lay.node_names:
-                self._start_node_daemon(node, "slurmd",
-                                        ["slurmd", "-D", "-N", node, "-f", str(lay.slurm_conf)])
-                self._start_node_daemon(node, "sshd", [
-                    "/usr/sbin/sshd", "-D", "-e", "-f", str(lay.state_dir / "etc" / "sshd_config"),
-                    "-o", f"ListenAddress={lay.node_address(node)}",
-                    "-o", f"PidFile={lay.state_dir / 'run' / f'sshd-{node}.pid'}"])
+                self.start_node(node)
             self._wait_idle(timeout)
         except BaseException as err:
             detail = self._diagnose()
@@ -197,6 +216,10 @@ class LocalCluster:
         lay.ssh_config.write_text(configs.ssh_config(lay))
         lay.ssh_wrapper.write_text(configs.ssh_wrapper(lay))
         lay.ssh_wrapper.chmod(0o755)
+        if lay.elastic:
+            for action in ("resume", "suspend"):
+                lay.power_program(action).write_text(configs.power_program(lay, action))
+                lay.power_program(action).chmod(0o755)
         for key in ("ssh_host_ed25519_key", "id_ed25519"):
             path = s / "etc" / key
             if not path.exists():
@@ -246,6 +269,28 @@ class LocalCluster:
         self._record_pid("slurmctld", pid)
         self._wait_for(lambda: self.run(["scontrol", "ping"], timeout=10).stdout.count("UP") > 0, 30,
                        "slurmctld to answer `scontrol ping`", lay.log("slurmctld"))
+
+    def start_node(self, node: str, reboot: bool = False) -> None:
+        """Start a node's slurmd and sshd (its "power on"). reboot: slurmd reports a fresh boot time, which
+        Slurm requires of a node it asked to resume."""
+        lay = self.layout
+        self._start_node_daemon(node, "slurmd", ["slurmd", "-D", *(["-b"] if reboot else []), "-N", node,
+                                                 "-f", str(lay.slurm_conf)])
+        self._start_node_daemon(node, "sshd", [
+            "/usr/sbin/sshd", "-D", "-e", "-f", str(lay.state_dir / "etc" / "sshd_config"),
+            "-o", f"ListenAddress={lay.node_address(node)}",
+            "-o", f"PidFile={lay.state_dir / 'run' / f'sshd-{node}.pid'}"])
+
+    def stop_node(self, node: str, grace: float = 3.0) -> int:
+        """Stop every process on a node (its "power off"): daemons, job steps, ssh sessions. Returns how many."""
+        victims = set(pids_in_netns(network.NETNS_DIR / self.layout.netns(node)))
+        for daemon in ("slurmd", "sshd"):
+            pid = self._state["pids"].pop(f"{daemon}:{node}", None)
+            if pid and alive(pid) and names_path(command_of(pid), self.layout.state_dir):
+                victims.add(pid)
+        self._save()
+        terminate(victims, grace=grace)
+        return len(victims)
 
     def _start_node_daemon(self, node: str, daemon: str, argv: list[str]) -> None:
         lay = self.layout
@@ -332,16 +377,18 @@ class LocalCluster:
             except LayoutError:
                 pass
         leftovers = (network.leftover_netns(lay) or network.leftover_links(lay)
-                     or network.has_hosts_block(lay) or lay.state_dir.exists())
+                     or _hosts_block_present(lay) or lay.state_dir.exists())
         if not leftovers:
             return f"cluster {lay.name} is not up; nothing to do"
+        if lay.elastic:
+            self._stop_power_programs(lay)
         # Everything inside a node's namespace belongs to the cluster: daemons, job steps, ssh sessions.
         victims = set()
         for ns in network.leftover_netns(lay):
             victims.update(pids_in_netns(network.NETNS_DIR / ns))
         for name, pid in (state or {}).get("pids", {}).items():
             # Guard against pid reuse: only stop a pid whose command line still names our state dir.
-            if alive(pid) and any(str(lay.state_dir) in a for a in command_of(pid)):
+            if alive(pid) and names_path(command_of(pid), lay.state_dir):
                 victims.add(pid)
         forced = terminate(victims, grace=10)
         for ns in network.leftover_netns(lay):
@@ -356,16 +403,27 @@ class LocalCluster:
         msg = f"cluster {lay.name} down: stopped {len(victims)} processes"
         return msg + (f" ({len(forced)} needed SIGKILL)" if forced else "")
 
+    @staticmethod
+    def _stop_power_programs(lay: ClusterLayout) -> None:
+        """Elastic mode: mark the state as stopping, so a resume program that wakes from its delay starts
+        nothing, then stop the power programs still running (they are slurmctld's children, in no node)."""
+        if lay.state_file.exists():
+            with state_lock(lay):
+                state = load_state(lay.name) or {}
+                state["stopping"] = True
+                lay.state_file.write_text(json.dumps(state, indent=1))
+        terminate(pids_with_args(lay.state_dir, "fluxmpi.cluster.elastic"), grace=5)
+
     def leftovers(self) -> list[str]:
         """What of this cluster still exists on the machine (empty after a clean `down`)."""
         lay = self.layout
         found = [f"netns {n}" for n in network.leftover_netns(lay)]
         found += [f"link {n}" for n in network.leftover_links(lay)]
-        if network.has_hosts_block(lay):
+        if _hosts_block_present(lay):
             found.append(f"hosts block in {network.HOSTS_FILE}")
         if lay.state_dir.exists():
             found.append(f"directory {lay.state_dir}")
         for pid in os.listdir("/proc"):
-            if pid.isdigit() and any(str(lay.state_dir) in a for a in command_of(int(pid))) and alive(int(pid)):
+            if pid.isdigit() and names_path(command_of(int(pid)), lay.state_dir) and alive(int(pid)):
                 found.append(f"process {pid}: {' '.join(command_of(int(pid)))}")
         return found

@@ -89,7 +89,8 @@ def remove_node(layout: ClusterLayout, node: str) -> None:
         ip("netns", "del", ns)
     # Deleting the namespace takes the pair with it; a half-made pair can remain on the host side.
     if link_exists(layout.veth_host(node)):
-        ip("link", "del", layout.veth_host(node))
+        # The kernel may finish removing the pair between the check and this call: that is success too.
+        ip("link", "del", layout.veth_host(node), check=False)
 
 
 def remove_bridge(layout: ClusterLayout) -> None:

@@ -111,3 +111,20 @@ def find_processes(executable: str) -> list[int]:
             if argv and os.path.basename(argv[0]) == executable and alive(int(entry)):
                 found.append(int(entry))
     return found
+
+
+def names_path(argv: list[str], directory: str | Path) -> bool:
+    """True if an argument is `directory` or a path under it (…/fxops/… but not …/fxops2/…)."""
+    d = str(directory).rstrip("/")
+    return any(a == d or a.endswith("=" + d) or f"{d}/" in a for a in argv)
+
+
+def pids_with_args(directory: str | Path, text: str = "") -> list[int]:
+    """Pids (not ours) whose command line names `directory` (or a path in it) and has an argument with `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            argv = command_of(int(entry))
+            if argv and any(text in a for a in argv) and names_path(argv, directory) and alive(int(entry)):
+                found.append(int(entry))
+    return found

@@ -1,0 +1,45 @@
+"""`fluxmpi doctor`: report the tools MPI tasks need and, with --probe, which launcher works with which MPI."""
+
+from __future__ import annotations
+
+import click
+
+from .. import doctor as dr
+from ..cluster import ClusterError, LocalCluster
+from ..cluster.layout import DEFAULT_NAME
+from .common import fail
+
+
+@click.command("doctor")
+@click.option("--probe", is_flag=True,
+              help="Also run a tiny MPI job through every launcher with every MPI on the local cluster.")
+@click.option("--cluster-name", default=None,
+              help=f"Local cluster to check ssh on and to probe [{DEFAULT_NAME}, if it is up].")
+@click.option("--timeout", type=float, default=dr.DEFAULT_PROBE_TIMEOUT, show_default=True,
+              help="Seconds each probe may take before it is killed.")
+def doctor_command(probe: bool, cluster_name: str | None, timeout: float) -> None:
+    """Report Parsl, Flux, Open MPI and MPICH (with the PMI each speaks), Slurm's MPI plugins, ssh to the
+    nodes and the env file. With --probe, print a works/fails matrix of launchers x MPIs with the reasons.
+
+    Exits 1 if a check failed (or, with --probe, if no launcher works with any MPI).
+    """
+    name = cluster_name or DEFAULT_NAME
+    try:
+        cluster = LocalCluster.running(name)
+    except ClusterError as err:
+        if probe or cluster_name:
+            fail(f"{err} (doctor {'--probe ' if probe else ''}needs it)")
+        cluster = None
+    checks = dr.run_checks(cluster)
+    click.echo(dr.render_checks(checks))
+    bad = any(c.status == dr.FAIL for c in checks)
+    if probe:
+        click.echo("")
+        click.echo(f"fluxmpi: probing launchers on cluster {name} (each bounded by {timeout:g}s)", err=True)
+        try:
+            results = dr.probe(cluster, timeout=timeout, log=lambda m: click.echo(m, err=True))
+        except dr.DoctorError as err:
+            fail(str(err), code=2)
+        click.echo(dr.render_matrix(results, name))
+        bad = bad or not any(r.works for r in results)
+    raise SystemExit(1 if bad else 0)

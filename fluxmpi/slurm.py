@@ -1,0 +1,465 @@
+"""Slurm operations: job queries, scancel, and warm holds that keep nodes powered up until a run starts.
+
+On elastic clusters idle nodes power down and take minutes to come back. A warm hold is a small batch job on N
+nodes: submitting it powers them up while the workflow starts; releasing it right before the workflow submits
+its blocks leaves N warm, idle nodes, which Slurm prefers over powered-down ones (slurm.conf(5), Weight: "Node
+weights are first considered among currently available nodes").
+
+A hold must never outlive its duration or the process that made it (an abandoned hold is a cost on a cloud
+bill). Three independent limits end it:
+1. `sbatch --time`: Slurm kills the job at its time limit (whole minutes, rounded up).
+2. The job's own script exits when the duration has passed (to the second).
+3. A heartbeat: the owning process rewrites a small file on the shared filesystem every few seconds (a counter,
+   from a thread); the hold script, on a compute node, re-reads it and exits once the content has not changed
+   for `owner_timeout` seconds, or the file is gone. The owner's pid means nothing on a compute node (other
+   host, other pid namespace) and the two clocks may differ, so the script compares the file's content with
+   what it last saw, timed on its own clock: no pid, no mtime, no clock agreement needed. If the script cannot
+   see the file at all (the directory is not shared with the compute nodes) it exits at once, and the owner
+   reports that with the fix.
+A process killed with SIGKILL thus leaves a hold for at most `owner_timeout` seconds plus one poll.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import re
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+WARM_JOB_NAME = "fluxmpi-warm"
+WARM_DIR_VAR = "FLUXMPI_WARM_DIR"
+DEFAULT_WARM_DIR = Path("~/.fluxmpi/warm")
+DEFAULT_DURATION = 600                 # seconds a hold may last unless told otherwise
+DEFAULT_OWNER_TIMEOUT = 60.0           # seconds a hold outlives its owner's last heartbeat
+BEAT_INTERVAL = 2.0                    # seconds between the owner's heartbeats
+POLL_INTERVAL = 2                      # seconds between the hold script's looks at the heartbeat
+COMMAND_TIMEOUT = 30.0                 # bound on any one Slurm client command
+RELEASE_TIMEOUT = 30.0                 # bound on waiting for a cancelled hold to leave its nodes
+DEFAULT_WARM_TIMEOUT = 600.0           # bound on waiting for held nodes to power up before a hand-over
+# Job states in which a job still holds (or is about to hold) nodes.
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+                           "RESIZING", "SIGNALING", "STAGE_OUT"})
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed or did not answer in time; the message names the command and what it said."""
+
+
+class WarmError(ValueError):
+    """Bad input for a warm hold (nodes, duration, directory); the message names the value and the fix."""
+
+
+# --- running Slurm client commands ------------------------------------------------------------
+
+def _environ(env: dict | None) -> dict:
+    return {**os.environ, **(env or {})}
+
+
+def run_slurm(argv: list[str], env: dict | None = None, timeout: float = COMMAND_TIMEOUT,
+              input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a Slurm client command with `env` applied; SlurmError if it is missing, hangs or (check) fails."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=_environ(env), timeout=timeout,
+                              input=input)
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]} not found: this machine has no Slurm client commands on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{shlex.join(argv)}` did not answer within {timeout:.0f}s: is slurmctld reachable "
+                         f"(SLURM_CONF={_environ(env).get('SLURM_CONF', '/etc/slurm/slurm.conf')})?") from None
+    if check and proc.returncode != 0:
+        raise SlurmError(f"`{shlex.join(argv)}` failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[:500]}")
+    return proc
+
+
+def sbatch(options: list[str], script: str, env: dict | None = None) -> str:
+    """Submit `script` (given on stdin) with sbatch `options`; returns the job id."""
+    proc = run_slurm(["sbatch", "--parsable", *options], env=env, input=script)
+    job_id = proc.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch printed no job id: {proc.stdout.strip()!r} {proc.stderr.strip()!r}")
+    return job_id
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    name: str
+    state: str
+    nodes: str      # allocated nodes (hostlist), empty while it pends
+
+
+def jobs(job_ids: list[str] | None = None, name: str | None = None, user: str | None = None,
+         env: dict | None = None) -> list[JobInfo]:
+    """Jobs Slurm still knows (every state, including finished ones it keeps for MinJobAge)."""
+    argv = ["squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%N"]
+    if job_ids:
+        argv += ["-j", ",".join(job_ids)]
+    if name:
+        argv += ["-n", name]
+    if user:
+        argv += ["-u", user]
+    proc = run_slurm(argv, env=env, check=False)
+    if proc.returncode != 0:
+        if job_ids and "Invalid job id" in proc.stderr:
+            return []        # purged after MinJobAge: Slurm no longer knows it
+        raise SlurmError(f"`{shlex.join(argv)}` failed: {proc.stderr.strip()[:300]}")
+    found = []
+    for line in proc.stdout.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) == 4:
+            found.append(JobInfo(*parts))
+    return found
+
+
+def job_state(job_id: str, env: dict | None = None) -> str | None:
+    """The job's state (PENDING, CONFIGURING, RUNNING, COMPLETING, CANCELLED, ...); None if Slurm forgot it."""
+    for job in jobs([job_id], env=env):
+        if job.job_id == job_id:
+            return job.state
+    return None
+
+
+def node_states(hostlist: str, env: dict | None = None) -> dict[str, str]:
+    """sinfo's state of each node in `hostlist`, with power suffixes: idle~ (powered down), mixed# (powering
+    up), idle% (powering down); see sinfo(1)."""
+    proc = run_slurm(["sinfo", "-h", "-N", "-n", hostlist, "-o", "%N %T"], env=env)
+    return dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.strip())
+
+
+def powered_up(state: str) -> bool:
+    """A node state with no flag suffix (power saving ~ # % !, not responding *, reboot @ ^): its slurmd is up,
+    registered and usable."""
+    return bool(state) and state[-1].isalpha() and not state.startswith(("down", "drain", "fail"))
+
+
+def scancel(job_ids: list[str], env: dict | None = None) -> None:
+    if job_ids:
+        run_slurm(["scancel", *job_ids], env=env)
+
+
+def wait_inactive(job_ids: list[str], env: dict | None = None, timeout: float = RELEASE_TIMEOUT) -> None:
+    """Wait until none of `job_ids` holds nodes any more (finished and no longer COMPLETING)."""
+    deadline = time.monotonic() + timeout
+    active: list[JobInfo] = []
+    while time.monotonic() < deadline:
+        active = [j for j in jobs(job_ids, env=env) if j.state in ACTIVE_STATES]
+        if not active:
+            return
+        time.sleep(0.3)
+    raise SlurmError(f"timed out after {timeout:.0f}s waiting for job(s) to leave their nodes: "
+                     + ", ".join(f"{j.job_id} {j.state}" for j in active))
+
+
+# --- durations ----------------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str | int | float) -> int:
+    """Seconds in '90s', '10m', '1h30m', '2d', 'HH:MM:SS' or 'MM:SS'. A bare number is refused (seconds or
+    minutes? sbatch reads minutes, most tools seconds)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        if re.fullmatch(r"\d+(:\d{1,2}){1,2}", s):
+            parts = [int(p) for p in s.split(":")]
+            if any(p >= 60 for p in parts[1:]):
+                raise WarmError(f"duration {text!r}: minutes and seconds must be below 60")
+            seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        elif s and _UNIT_RE.sub("", s) == "" and _UNIT_RE.findall(s):
+            seconds = sum(float(n) * _UNITS[u] for n, u in _UNIT_RE.findall(s))
+        elif re.fullmatch(r"\d+(\.\d+)?", s):
+            raise WarmError(f"duration {text!r} has no unit: write e.g. {s}m or {s}s (or HH:MM:SS)")
+        else:
+            raise WarmError(f"duration {text!r} is not understood: write e.g. 90s, 10m, 1h30m or 01:30:00")
+    if not 1 <= seconds <= 7 * 86400:
+        raise WarmError(f"duration {text!r} is out of range: give from 1 second to 7 days")
+    return int(round(seconds))
+
+
+def sbatch_minutes(seconds: float) -> int:
+    """sbatch --time in whole minutes (Slurm's unit), rounded up so the script's own limit comes first."""
+    return max(1, int(-(-(seconds + 30) // 60)))
+
+
+# --- warm holds -----------------------------------------------------------------------------------
+
+def warm_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where heartbeats live: `path`, else $FLUXMPI_WARM_DIR, else ~/.fluxmpi/warm. Must be shared with the
+    compute nodes (a home or project directory, not /tmp)."""
+    chosen = Path(path or os.environ.get(WARM_DIR_VAR) or DEFAULT_WARM_DIR).expanduser()
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WarmError(f"warm directory {chosen} cannot be created ({err}): set {WARM_DIR_VAR} to a "
+                        "writable directory shared with the compute nodes") from None
+    return chosen.resolve()
+
+
+def hold_script(heartbeat: Path, duration: int, owner_timeout: float, poll: int = POLL_INTERVAL) -> str:
+    """The hold job's script: keep the allocation while the owner's heartbeat advances, at most `duration`."""
+    beat = shlex.quote(str(heartbeat))
+    out = shlex.quote(str(heartbeat.with_suffix(".out")))
+    return f"""#!/bin/bash
+# fluxmpi warm hold: keeps this job's nodes allocated (so powered up) while its owner is alive.
+beat={beat}
+end=$((SECONDS + {int(duration)}))
+if [ ! -r "$beat" ]; then
+  echo "fluxmpi-warm: heartbeat $beat is not visible on $(hostname): the warm directory is not shared with" \\
+       "the compute nodes; set {WARM_DIR_VAR} to a shared directory (e.g. under your home)"
+  exit 2
+fi
+echo "fluxmpi-warm: holding $SLURM_JOB_NODELIST on behalf of $(cat "$beat" | cut -d' ' -f2-)"
+last=$(cat "$beat" 2>/dev/null); changed=$SECONDS
+while [ "$SECONDS" -lt "$end" ]; do
+  sleep {int(poll)}
+  if [ ! -e "$beat" ]; then echo "fluxmpi-warm: released (heartbeat removed)"; exit 0; fi
+  now=$(cat "$beat" 2>/dev/null)
+  if [ "$now" != "$last" ]; then
+    last=$now; changed=$SECONDS
+  elif [ $((SECONDS - changed)) -ge {int(owner_timeout)} ]; then
+    # Nobody will read this job's files any more: leave nothing behind.
+    echo "fluxmpi-warm: owner silent for {int(owner_timeout)}s; ending the hold"; rm -f "$beat" {out}; exit 0
+  fi
+done
+echo "fluxmpi-warm: duration of {int(duration)}s over; ending the hold"; rm -f "$beat"
+"""
+
+
+class _Heartbeat:
+    """A daemon thread that rewrites the heartbeat file with a new counter every `interval` seconds."""
+
+    def __init__(self, path: Path, interval: float = BEAT_INTERVAL):
+        self.path, self.interval = path, interval
+        self._stop = threading.Event()
+        self._count = 0
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name=f"fluxmpi-heartbeat-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        self._count += 1
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(f"{self._count} {socket.gethostname()} pid {os.getpid()}\n")
+        os.replace(tmp, self.path)    # the script never reads half a line
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except OSError:
+                pass          # a transient filesystem error: the next beat retries; the owner timeout allows it
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+
+_OPEN_HOLDS: set["WarmHold"] = set()
+_OPEN_LOCK = threading.Lock()
+
+
+def _release_open_holds() -> None:
+    # Normal interpreter exit (also after an uncaught exception): release what the process still holds.
+    for hold in list(_OPEN_HOLDS):
+        try:
+            hold.release(wait=False)
+        except (SlurmError, OSError):
+            pass
+
+
+atexit.register(_release_open_holds)
+
+
+@dataclass(eq=False)
+class WarmHold:
+    """A running warm hold. Call release() right before submitting the work that should land on the nodes."""
+    job_id: str
+    nodes: int
+    partition: str | None
+    duration: int
+    heartbeat: Path
+    env: dict = field(default_factory=dict, repr=False)
+    submitted: float = field(default_factory=time.time)
+    warm_at: float | None = None          # when all its nodes were seen powered up
+    hostlist: str = ""                     # the nodes it holds, once allocated
+    problem: str | None = None             # why release_when_warm found no warm nodes
+    released_at: float | None = None
+    _beat: _Heartbeat | None = field(default=None, repr=False)
+
+    @property
+    def output(self) -> Path:
+        return self.heartbeat.with_suffix(".out")
+
+    def state(self) -> str | None:
+        return job_state(self.job_id, self.env)
+
+    def wait_warm(self, timeout: float) -> float:
+        """Wait until every node of the hold is powered up; returns seconds since submission.
+
+        Warm means the nodes' slurmd registered, not that the hold's script runs: Slurm 22.05 notices that a
+        batch job's resumed nodes are ready only in its periodic job check (every 30 s), while the nodes are
+        usable at once by the job submitted after the release.
+        """
+        deadline = time.monotonic() + timeout
+        state, nodes = None, {}
+        while time.monotonic() < deadline:
+            job = next(iter(jobs([self.job_id], env=self.env)), None)
+            state = job.state if job else None
+            if state not in ACTIVE_STATES:
+                raise SlurmError(f"warm hold {self.job_id} ended before its nodes were warm (state {state}): "
+                                 f"{self._job_output() or 'no output'}")
+            if job.nodes and state != "PENDING":
+                nodes = node_states(job.nodes, self.env)
+                if nodes and all(powered_up(s) for s in nodes.values()):
+                    self.warm_at = self.warm_at or time.time()
+                    self.hostlist = job.nodes
+                    return self.warm_at - self.submitted
+            time.sleep(0.5)
+        raise SlurmError(f"warm hold {self.job_id} was {state} after {timeout:.0f}s and its nodes not all up "
+                         f"({', '.join(f'{n} {s}' for n, s in nodes.items()) or 'none allocated'}): they did "
+                         f"not power up in time (squeue -j {self.job_id}; sinfo -N)")
+
+    def wait_ended(self, timeout: float, poll: float = 1.0) -> str | None:
+        """Wait until the hold is over (released elsewhere, duration over, owner gone); returns its last state,
+        or None if it is still active after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if state not in ACTIVE_STATES:
+                return state
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
+
+    def release_when_warm(self, timeout: float = DEFAULT_WARM_TIMEOUT) -> bool:
+        """The hand-over: wait (at most `timeout`) until the nodes are up, then release them. Returns whether
+        they were warm; never raises for a hold that failed (the run then just starts cold), but keeps the
+        reason in `problem`.
+
+        Waiting costs nothing: work submitted earlier could not start before the nodes are up either, and on
+        nodes still powering up a batch job waits for Slurm's periodic check (up to 30 s more) as well.
+        """
+        warm = False
+        try:
+            self.wait_warm(timeout)
+            warm = True
+        except SlurmError as err:
+            self.problem = str(err)
+        self.release()
+        return warm
+
+    def release(self, wait: bool = True, timeout: float = RELEASE_TIMEOUT) -> None:
+        """End the hold now and, with `wait`, until its nodes are free for the next job. Idempotent."""
+        if self._beat:
+            self._beat.stop()
+            self._beat = None
+        # Removing the heartbeat ends the hold even if scancel cannot reach slurmctld right now.
+        self.heartbeat.unlink(missing_ok=True)
+        try:
+            if self.released_at is None and self.state() in ACTIVE_STATES:
+                scancel([self.job_id], self.env)
+            if wait:
+                wait_inactive([self.job_id], self.env, timeout)
+        finally:
+            self.released_at = self.released_at or time.time()
+            self.output.unlink(missing_ok=True)
+            with _OPEN_LOCK:
+                _OPEN_HOLDS.discard(self)
+
+    def _job_output(self) -> str:
+        try:
+            return self.output.read_text(errors="replace").strip()[-800:]
+        except OSError:
+            return ""
+
+
+def check_nodes(nodes) -> int:
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise WarmError(f"nodes {nodes!r} to warm: give a whole number of at least 1")
+    return nodes
+
+
+def start_hold(nodes: int, duration: int | str = DEFAULT_DURATION, *, partition: str | None = None,
+               env: dict | None = None, owner_timeout: float = DEFAULT_OWNER_TIMEOUT,
+               directory: str | os.PathLike | None = None) -> WarmHold:
+    """Submit a warm hold on `nodes` nodes and start its heartbeat; returns at once (see WarmHold.wait_warm)."""
+    check_nodes(nodes)
+    seconds = parse_duration(duration)
+    if isinstance(owner_timeout, bool) or not isinstance(owner_timeout, (int, float)) \
+            or not 3 * POLL_INTERVAL <= owner_timeout <= 3600:
+        raise WarmError(f"owner timeout {owner_timeout!r}: give seconds from {3 * POLL_INTERVAL} to 3600 (how long "
+                        "a hold outlives a vanished owner; raise it on filesystems with slow attribute caching)")
+    base = warm_dir(directory)
+    tag = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    heartbeat = base / f"{tag}.beat"
+    beat = _Heartbeat(heartbeat)
+    options = [f"--job-name={WARM_JOB_NAME}", f"--nodes={nodes}", "--ntasks-per-node=1",
+               f"--time={sbatch_minutes(seconds)}", "--no-requeue", f"--output={heartbeat.with_suffix('.out')}"]
+    if partition:
+        options.append(f"--partition={partition}")
+    try:
+        job_id = sbatch(options, hold_script(heartbeat, seconds, owner_timeout), env=env)
+    except BaseException:
+        beat.stop()
+        heartbeat.unlink(missing_ok=True)
+        raise
+    hold = WarmHold(job_id, nodes, partition, seconds, heartbeat, dict(env or {}), _beat=beat)
+    with _OPEN_LOCK:
+        _OPEN_HOLDS.add(hold)
+    return hold
+
+
+@contextmanager
+def warm_nodes(nodes: int, duration: int | str = DEFAULT_DURATION, *, partition: str | None = None,
+               env: dict | None = None, owner_timeout: float = DEFAULT_OWNER_TIMEOUT,
+               directory: str | os.PathLike | None = None,
+               log: Callable[[str], None] | None = None) -> Iterator[WarmHold]:
+    """Warm `nodes` nodes while the body runs; the hold ends at hold.release() (call it right before the
+    blocks are submitted) or when the body exits, whichever comes first.
+
+        with warm_nodes(4, "15m", partition=site.partition, env=site.env) as hold:
+            ...                          # start the workflow
+            hold.release_when_warm()     # just before parsl.load() submits the blocks
+    """
+    hold = start_hold(nodes, duration, partition=partition, env=env, owner_timeout=owner_timeout,
+                      directory=directory)
+    if log:
+        log(f"fluxmpi: warming {nodes} node(s) with job {hold.job_id} (at most {hold.duration}s)")
+    try:
+        yield hold
+    finally:
+        was_released = hold.released_at is not None
+        hold.release(wait=not was_released)
+        if log and not was_released:
+            log(f"fluxmpi: released warm hold {hold.job_id}")
+
+
+def release_holds(env: dict | None = None, job_ids: list[str] | None = None,
+                  timeout: float = RELEASE_TIMEOUT) -> list[JobInfo]:
+    """Cancel this user's warm holds (or the given ones, if they are warm holds) and wait until their nodes are
+    free. Returns the holds cancelled."""
+    mine = [j for j in jobs(name=WARM_JOB_NAME, user=getpass.getuser(), env=env) if j.state in ACTIVE_STATES]
+    if job_ids:
+        unknown = sorted(set(job_ids) - {j.job_id for j in mine})
+        if unknown:
+            raise WarmError(f"job(s) {', '.join(unknown)} are not active warm holds of {getpass.getuser()} "
+                            f"(squeue -n {WARM_JOB_NAME} lists them)")
+        mine = [j for j in mine if j.job_id in job_ids]
+    ids = [j.job_id for j in mine]
+    scancel(ids, env)
+    if ids:
+        wait_inactive(ids, env, timeout)
+    return mine
