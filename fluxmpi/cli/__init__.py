@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .cluster import cluster
 from .envfile import env_command
+from .bench import bench
 from .run import run
 from .warm import warm_command
 from .clean import clean_command
@@ -21,6 +22,7 @@ def main() -> None:
 
 main.add_command(cluster)
 main.add_command(run)
+main.add_command(bench)
 main.add_command(env_command)
 main.add_command(warm_command)
 main.add_command(clean_command)

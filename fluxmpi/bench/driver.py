@@ -1,0 +1,230 @@
+"""Run every selected launch path and baseline on every workload, on the same nodes, one after the other.
+
+A path that cannot run here is kept as a row with its reason (unavailable / not applicable), never dropped;
+a run that breaks is kept with what broke. Results go to OUT/results.json, OUT/results.md and OUT/*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..launch.paths import PATHS
+from ..runner import RunError, RunResult, run_tasks
+from ..site import Site
+from ..spec import MPITaskSpec, SpecError
+from . import metrics, plots, report, targets
+from .baselines import BASELINES, BaselineError, flux_unavailable_reason, run_bare_flux, run_bare_srun
+from .records import RawRun, fill_from_records, new_task
+from .workload import Workload
+
+BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux")
+NAMES = BENCH_PATHS + BASELINES
+BASELINE_OF = {"htex": "bare-srun", "htex-mpiexec": "bare-srun", "static": "bare-srun", "flux": "bare-flux"}
+# Each path runs right after its baseline, so both see the same machine load.
+ORDER = ("bare-srun", "htex", "htex-mpiexec", "static", "bare-flux", "flux")
+IDLE_TIMEOUT = 60.0
+
+
+class BenchError(ValueError):
+    """Bad bench input (unknown path name, no nodes); the message names the value and the fix."""
+
+
+def parse_names(text: str | None) -> list[str]:
+    """`--paths htex,flux,bare-srun` -> names in run order; None or "all" -> every path and baseline."""
+    if text is None or text.strip() == "all":
+        return list(ORDER)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names:
+        raise BenchError(f"--paths {text!r}: {', '.join(unknown) or 'empty'} not known; choose from "
+                         f"{', '.join(ORDER)} (comma separated) or 'all'")
+    return [n for n in ORDER if n in names]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why `name` cannot run on this machine at all, or None."""
+    if name == "flux" and "flux" not in PATHS:
+        return "flux path not implemented"
+    if name in ("flux", "bare-flux"):
+        return flux_unavailable_reason()
+    if name in ("htex", "static", "bare-srun") and not _which("srun"):
+        return "srun is not on PATH: not a Slurm login node"
+    if name == "htex-mpiexec" and not _which("mpirun"):
+        return "mpirun (Open MPI) is not on PATH"
+    return None
+
+
+def not_applicable_reason(name: str, workload: Workload) -> str | None:
+    if name == "static" and workload.mixed_sizes:
+        return "not applicable: mixed sizes (static blocks run one task size)"
+    return None
+
+
+def _which(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
+
+
+def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: Path, *,
+              task_timeout: float = 600, run_timeout: float = 3600, progress: bool = True,
+              command: str = "", log: Callable[[str], None] = print) -> dict:
+    """Run everything, write the outputs, return the bench document (what results.json holds)."""
+    if not workloads:
+        raise BenchError("no workloads to run")
+    for wl in workloads:
+        wl.check_fits(site.nodes, site.cores_per_node)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    site.apply_env()
+    bench = {
+        "fluxmpi_bench": 1, "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(), "cpus": os.cpu_count(), "versions": _versions(),
+        "site": {"name": site.name, "partition": site.partition, "nodes": site.nodes,
+                 "cores_per_node": site.cores_per_node},
+        "names": names, "workloads": [],
+    }
+    for wl in workloads:
+        log(f"fluxmpi: workload {wl.describe()}")
+        entry = {"workload": wl.to_dict(), "description": wl.describe(), "runs": []}
+        bench["workloads"].append(entry)
+        for name in names:
+            raw = _run_one(name, site, wl, out_dir / "runs" / wl.name / name, task_timeout=task_timeout,
+                           run_timeout=run_timeout, progress=progress, log=log)
+            entry["runs"].append(raw.to_json())
+            report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
+        _compare_with_baselines(entry)
+    bench["targets"] = targets.evaluate(bench)
+    report.write_json(bench, out_dir / "results.json")
+    (out_dir / "results.md").write_text(report.render_markdown(bench))
+    bench["plots"] = [str(p) for p in plots.write_all(bench, out_dir)]
+    report.write_json(bench, out_dir / "results.json")
+    return bench
+
+
+def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout: float, run_timeout: float,
+             progress: bool, log) -> RawRun:
+    kind = "baseline" if name in BASELINES else "path"
+    reason = unavailable_reason(name)
+    if reason:
+        log(f"fluxmpi: {wl.name}/{name}: unavailable: {reason}")
+        return RawRun(name, kind, "unavailable", reason=reason, baseline=BASELINE_OF.get(name))
+    reason = not_applicable_reason(name, wl)
+    if reason:
+        log(f"fluxmpi: {wl.name}/{name}: {reason}")
+        return RawRun(name, kind, "not applicable", reason=reason, baseline=BASELINE_OF.get(name))
+    _wait_for_idle_nodes(site, log)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_begin = time.time()
+    with tqdm(total=wl.tasks, desc=f"{wl.name}/{name}", unit="task", file=sys.stderr,
+              disable=not progress, leave=True) as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+        try:
+            if name == "bare-srun":
+                raw = run_bare_srun(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
+                                    on_progress=on_progress)
+            elif name == "bare-flux":
+                raw = run_bare_flux(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
+                                    on_progress=on_progress)
+            else:
+                result = run_tasks(name, site, wl.specs(), app="c", workdir=workdir, task_timeout=task_timeout,
+                                   run_timeout=run_timeout, on_progress=on_progress, **wl.app_work())
+                raw = from_run_result(result)
+        except (RunError, BaselineError, SpecError) as err:
+            return _broken(name, kind, str(err), workdir, t_begin, wl, log)
+        except Exception as err:  # noqa: BLE001 - one broken path must not lose the other paths' results
+            return _broken(name, kind, f"{type(err).__name__}: {err}", workdir, t_begin, wl, log)
+    raw.baseline = BASELINE_OF.get(name)
+    raw.summary = metrics.summarize(raw.tasks, site.nodes, raw.t_start, raw.t_first_result)
+    s = raw.summary
+    log(f"fluxmpi: {wl.name}/{name}: {raw.status}, {s['ok']}/{s['tasks']} ok, overhead median "
+        f"{_fmt(s.get('overhead_median'))} s, makespan {_fmt(s.get('makespan'))} s"
+        + (f" ({raw.reason})" if raw.reason else ""))
+    return raw
+
+
+def _broken(name: str, kind: str, reason: str, workdir: Path, t_begin: float, wl: Workload, log) -> RawRun:
+    log(f"fluxmpi: {wl.name}/{name}: failed: {reason}")
+    return RawRun(name, kind, "failed", reason=reason, baseline=BASELINE_OF.get(name), workdir=str(workdir),
+                  t_start=t_begin, t_end=time.time())
+
+
+def from_run_result(result: RunResult) -> RawRun:
+    """A launch path's RunResult as a RawRun: the runner's timestamps plus the ranks' own."""
+    tasks = []
+    for i, o in enumerate(result.tasks):
+        t = new_task(i, o.task, MPITaskSpec.from_dict(o.spec), o.submitted)
+        info = o.result if isinstance(o.result, dict) else {}
+        t.update(admitted=o.admitted, launched=info.get("t_launch"), done=info.get("t_done"),
+                 returned=o.returned, ok=o.ok, error=o.error)
+        tasks.append(t)
+    fill_from_records(tasks, Path(result.workdir) / "records")
+    status = "ok" if result.ok else "failed"
+    reason = ""
+    if not result.ok:
+        failed = result.failed
+        reason = (f"{len(failed)} task(s) failed, first: {failed[0].error}" if failed
+                  else "placement check failed")
+    return RawRun(result.path, "path", status, reason=reason, workdir=result.workdir, t_start=result.t_start,
+                  t_ready=result.t_loaded, t_first_result=result.t_first_result, t_end=result.t_end, tasks=tasks,
+                  placement_ok=result.placement_ok, placement_report=result.placement_report)
+
+
+def _compare_with_baselines(entry: dict) -> None:
+    runs = {r["name"]: r for r in entry["runs"]}
+    for r in entry["runs"]:
+        base = runs.get(r.get("baseline") or "")
+        if r["summary"] and base and base["summary"]:
+            r["summary"]["overhead_vs_baseline"] = metrics.ratio(r["summary"].get("overhead_median"),
+                                                                 base["summary"].get("overhead_median"))
+
+
+def _wait_for_idle_nodes(site: Site, log) -> None:
+    """Start each run on idle nodes: the previous run's blocks may still be completing in Slurm."""
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-p", site.partition, "-t", "idle", "-o", "%D"],
+                                 capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        if sum(int(x) for x in out.split() if x.isdigit()) >= site.nodes:
+            return
+        time.sleep(0.5)
+    log(f"fluxmpi: fewer than {site.nodes} nodes of {site.partition!r} idle after {IDLE_TIMEOUT:.0f}s; "
+        "starting anyway (the run's start-up will include the wait)")
+
+
+def _versions() -> dict:
+    import parsl
+
+    flux = None
+    try:
+        out = subprocess.run(["flux", "version"], capture_output=True, text=True, timeout=20).stdout
+        flux = next((line.split()[-1] for line in out.splitlines() if line.startswith("libflux-core")), None)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"fluxmpi": __version__, "parsl": parsl.__version__, "flux-core": flux, "python": platform.python_version()}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def bench_site(site: Site, nodes: int | None) -> Site:
+    """The site restricted to the `nodes` the benchmark uses (all of them when None)."""
+    if nodes is None:
+        return site
+    if nodes < 1 or nodes > site.nodes:
+        raise BenchError(f"--cluster-nodes {nodes} must be within 1..{site.nodes} (the nodes of {site.name})")
+    return replace(site, nodes=nodes)

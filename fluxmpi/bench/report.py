@@ -1,0 +1,91 @@
+"""The bench document as files: results.json (raw records + figures) and a Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .metrics import COMPONENT_HELP, COMPONENTS
+
+
+def write_json(bench: dict, path: Path) -> None:
+    """Write atomically, so a reader never sees half a file even if the bench is interrupted."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(bench, indent=1))
+    os.replace(tmp, path)
+
+
+def _f(value, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}{suffix}"
+
+
+def _status(run: dict) -> str:
+    if run["status"] == "ok":
+        return "ok"
+    if run["status"] == "not applicable":
+        return run["reason"]
+    return f"{run['status']}: {run['reason']}".replace("|", "/").replace("\n", " ")[:160]
+
+
+def render_markdown(bench: dict) -> str:
+    site, v = bench["site"], bench["versions"]
+    lines = [
+        "# fluxmpi bench",
+        "",
+        f"- command: `{bench['command']}`" if bench.get("command") else "- command: (library call)",
+        f"- when: {bench['time']} on {bench['host']} ({bench['cpus']} cpus)",
+        f"- site: {site['name']}, partition {site['partition']}, {site['nodes']} nodes x "
+        f"{site['cores_per_node']} cores",
+        f"- versions: fluxmpi {v['fluxmpi']}, parsl {v['parsl']}, flux-core {v['flux-core'] or '-'}, "
+        f"python {v['python']}",
+        "",
+        "Times in seconds. overhead = (returned - ready) - (ended - started) per task, ready = max(submitted, "
+        "when its nodes were freed); see docs/benchmarks.md.",
+    ]
+    for entry in bench["workloads"]:
+        lines += ["", f"## {entry['description']}", "",
+                  "| run | status | ok | start-up | overhead median | p95 | vs baseline | makespan | lower bound "
+                  "| ratio | first-fit ratio | utilization | tasks/s | slope ms/task | placement |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in entry["runs"]:
+            s = r.get("summary") or {}
+            base = f" ({r['baseline']})" if s.get("overhead_vs_baseline") is not None else ""
+            placed = {True: "verified", False: "PROBLEMS", None: "-"}[r.get("placement_ok")]
+            lines.append(
+                f"| {r['name']} | {_status(r)} | {s.get('ok', '-')}/{s.get('tasks', '-')} | {_f(s.get('startup'), 1)}"
+                f" | {_f(s.get('overhead_median'))} | {_f(s.get('overhead_p95'))}"
+                f" | {_f(s.get('overhead_vs_baseline'), 2, suffix='x')}{base} | {_f(s.get('makespan'), 1)}"
+                f" | {_f(s.get('lower_bound'), 1)} | {_f(s.get('makespan_ratio'), 2)}"
+                f" | {_f(s.get('first_fit_ratio'), 2)} | {_f(s.get('utilization'), 0, 100, '%')}"
+                f" | {_f(s.get('throughput'), 2)} | {_f(s.get('overhead_slope'), 2, 1000)} | {placed} |")
+        ran = [r for r in entry["runs"] if (r.get("summary") or {}).get("components_mean")]
+        if ran:
+            lines += ["", "Where the overhead goes (mean seconds per task; '-' = the run has no usable "
+                      "timestamp there, so the next column includes it):", "",
+                      "| run | " + " | ".join(COMPONENTS) + " | total (mean overhead) |",
+                      "|---|" + "---|" * (len(COMPONENTS) + 1)]
+            for r in ran:
+                c = r["summary"]["components_mean"]
+                lines.append(f"| {r['name']} | " + " | ".join(_f(c.get(k)) for k in COMPONENTS)
+                             + f" | {_f(r['summary'].get('overhead_mean'))} |")
+    lines += ["", "Components: " + "; ".join(f"**{k}** {COMPONENT_HELP[k]}" for k in COMPONENTS) + "."]
+    lines += ["", "## Targets", ""] + render_targets(bench.get("targets", []))
+    return "\n".join(lines) + "\n"
+
+
+def render_targets(targets: list[dict]) -> list[str]:
+    if not targets:
+        return ["(no target applies to these workloads and paths)"]
+    what = {"overhead": "median overhead vs its bare baseline", "makespan": "makespan / lower bound",
+            "growth": "overhead rise over the run / median overhead"}
+    lines = ["| target | workload | path | value | limit | met |", "|---|---|---|---|---|---|"]
+    for t in targets:
+        met = {True: "yes", False: "NO", None: f"n/a ({t['note']})"}[t["met"]]
+        value = _f(t["value"], 2, 100, "%") if t["target"] == "growth" else _f(t["value"], 2, suffix="x")
+        limit = _f(t["limit"], 0, 100, "%") if t["target"] == "growth" else _f(t["limit"], 2, suffix="x")
+        if t["target"] == "growth" and t.get("slope") is not None:
+            ci = "" if t.get("slope_se") is None else f" ± {1.96 * t['slope_se'] * 1000:.2f}"
+            value += f" (slope {t['slope'] * 1000:.2f}{ci} ms/task, 95%)"
+        lines.append(f"| {what[t['target']]} | {t['workload']} | {t['path']} | {value} | {limit} | {met} |")
+    return lines

@@ -1,0 +1,65 @@
+"""The issue's targets, evaluated on one bench document. Shown by the benchmark; nothing here is a test.
+
+1. overhead: each fluxmpi path's median per-task overhead within 1.25x of its bare baseline's.
+2. makespan: on mixed-size workloads, the Flux path's and the HTEX MPI path's makespan within 1.3x of the
+   lower bound (max(total node-seconds / nodes, longest task)).
+3. growth: on workloads of 200 tasks or more, each fluxmpi path's per-task overhead does not grow: the
+   least-squares line through overhead vs task index rises by at most 10% of the median overhead from the first
+   task to the last (its standard error is shown with it: on a shared machine, load drift moves it too).
+"""
+
+from __future__ import annotations
+
+OVERHEAD_LIMIT = 1.25
+MAKESPAN_LIMIT = 1.3
+MAKESPAN_PATHS = ("flux", "htex")
+GROWTH_MIN_TASKS = 200
+GROWTH_LIMIT = 0.10
+
+
+def evaluate(bench: dict) -> list[dict]:
+    out: list[dict] = []
+    for entry in bench.get("workloads", []):
+        wl = entry["workload"]
+        runs = {r["name"]: r for r in entry["runs"]}
+        for r in entry["runs"]:
+            if r["kind"] != "path":
+                continue
+            base = runs.get(r.get("baseline") or "")
+            value = (r.get("summary") or {}).get("overhead_vs_baseline")
+            out.append(_target("overhead", wl["name"], r["name"], value, OVERHEAD_LIMIT,
+                               _why_missing(r, base, "overhead_median")))
+        if len(set(wl.get("sizes", []))) > 1:
+            for name in MAKESPAN_PATHS:
+                r = runs.get(name)
+                value = (r.get("summary") or {}).get("makespan_ratio") if r else None
+                out.append(_target("makespan", wl["name"], name, value, MAKESPAN_LIMIT,
+                                   _why_missing(r, None, "makespan_ratio")))
+        if wl["tasks"] >= GROWTH_MIN_TASKS:
+            for r in entry["runs"]:
+                if r["kind"] == "path" and r["status"] in ("ok", "failed"):
+                    s = r.get("summary") or {}
+                    t = _target("growth", wl["name"], r["name"], s.get("overhead_growth"), GROWTH_LIMIT,
+                                _why_missing(r, None, "overhead_growth"))
+                    t["slope"], t["slope_se"] = s.get("overhead_slope"), s.get("overhead_slope_se")
+                    out.append(t)
+    return out
+
+
+def _target(kind: str, workload: str, name: str, value: float | None, limit: float, missing: str) -> dict:
+    return {"target": kind, "workload": workload, "path": name, "value": value, "limit": limit,
+            "met": None if value is None else value <= limit, "note": missing if value is None else ""}
+
+
+def _why_missing(run: dict | None, base: dict | None, key: str) -> str:
+    if run is None:
+        return "not selected"
+    if run["status"] in ("unavailable", "not applicable"):
+        return f"{run['status']}: {run['reason']}" if run["status"] == "unavailable" else run["reason"]
+    if not (run.get("summary") or {}).get(key) and run["status"] == "failed":
+        return f"failed: {run['reason']}"
+    if base is not None and base["status"] != "ok" and not (base.get("summary") or {}).get(key):
+        return f"baseline {base['name']} {base['status']}: {base['reason']}"
+    if run.get("baseline") and base is None:
+        return f"baseline {run['baseline']} not selected"
+    return "no figure"

@@ -1,0 +1,121 @@
+"""`fluxmpi bench`: every launch path and the bare baselines on the same workloads and nodes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
+from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
+from ..cluster import ClusterError, LayoutError, PreflightError
+from ..cluster.layout import DEFAULT_NAME
+from ..runner import RunError
+from ..site import SiteError, open_site
+from ..spec import SpecError
+from .common import fail
+
+
+@click.command()
+@click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: the embedded cluster (booted for the run and torn down if none is up); "
+                   "slurm: the Slurm this machine uses.")
+@click.option("--cluster-name", default=DEFAULT_NAME, show_default=True, help="Name of the local cluster to use.")
+@click.option("--cluster-nodes", type=int, default=4, show_default=True,
+              help="Nodes the benchmark uses (and of a local cluster booted for it).")
+@click.option("--partition", default=None, help="Slurm partition [the default partition].")
+@click.option("--paths", default="all", show_default=True,
+              help=f"Comma list of paths and baselines: {','.join(NAMES)}.")
+@click.option("--workload", "workloads", multiple=True,
+              help=f"{'|'.join(KINDS)}, a preset ({'|'.join(PRESETS)}) or a YAML/JSON file; repeatable "
+                   "[uniform; with --quick: quick].")
+@click.option("--tasks", type=int, default=None, help="Tasks of a uniform/mixed workload [20; --quick: 4].")
+@click.option("--nodes", "task_nodes", type=int, default=None,
+              help="Nodes per task (uniform) or the largest task (mixed: sizes 1..N) [uniform 2, mixed all].")
+@click.option("--ranks-per-node", type=int, default=None, help="MPI ranks per node of every task [1].")
+@click.option("--sleep", type=float, default=None, help="Seconds each rank sleeps [1; --quick: 0.2].")
+@click.option("--busy", type=float, default=None, help="Seconds each rank spins instead of sleeping.")
+@click.option("--seed", type=int, default=None, help="Shuffles the sizes of a mixed workload [0].")
+@click.option("--quick", is_flag=True, help="A small run (~2-3 min here): tiny workloads, every available path.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory [./fluxmpi-bench/<timestamp>].")
+@click.option("--task-timeout", type=float, default=600, show_default=True, help="Seconds before a task is killed.")
+@click.option("--run-timeout", type=float, default=3600, show_default=True,
+              help="Seconds one path may take for all tasks of a workload.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [when stderr is a terminal].")
+def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
+          sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress) -> None:
+    """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
+    allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
+    its lower bound, utilization and throughput.
+
+    Writes OUT/results.json (raw per-task records), OUT/results.md (the table, also printed) and PNG plots.
+    A path that cannot run here is reported with the reason. Exits 1 if a run failed.
+    """
+    try:
+        if cluster_nodes < 1:
+            raise BenchError(f"--cluster-nodes {cluster_nodes} must be at least 1")
+        names = parse_names(paths)
+        wls = resolve(list(workloads), nodes=cluster_nodes, tasks=tasks, task_nodes=task_nodes,
+                      ranks_per_node=ranks_per_node, sleep=sleep, busy=busy, seed=seed, quick=quick)
+        if cluster == "local":
+            for wl in wls:   # the local nodes have this machine's cores: refuse before booting anything
+                wl.check_fits(cluster_nodes, os.cpu_count() or 1)
+        for limit, value in (("--task-timeout", task_timeout), ("--run-timeout", run_timeout)):
+            if value <= 0:
+                raise BenchError(f"{limit} {value:g} must be a positive number of seconds")
+    except (BenchError, WorkloadError) as err:
+        fail(str(err), code=2)
+    out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
+    command = _command_line(click.get_current_context())
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    # A killed bench must still release its allocations, Parsl blocks and the cluster it booted: SIGTERM
+    # becomes SystemExit, so every `finally` on the way out runs.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name, log=log) as site:
+            site = bench_site(site, cluster_nodes)
+            doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
+                            progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log)
+    except (BenchError, WorkloadError, SpecError, LayoutError) as err:
+        fail(str(err), code=2)
+    except (SiteError, RunError, ClusterError, PreflightError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
+        saved = out / "results.json"
+        fail("interrupted; " + (f"the runs that finished are in {saved}" if saved.exists() else "no run finished"),
+             code=130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo((out / "results.md").read_text())
+    click.echo(f"fluxmpi: results in {out}: results.json, results.md, "
+               + ", ".join(Path(p).name for p in doc.get("plots", [])), err=True)
+    failed = [f"{e['workload']['name']}/{r['name']}" for e in doc["workloads"] for r in e["runs"]
+              if r["status"] == "failed"]
+    if failed:
+        click.echo(f"fluxmpi: failed runs: {', '.join(failed)}", err=True)
+    raise SystemExit(1 if failed else 0)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The invocation as typed (options given on the command line), to print with the results."""
+    if Path(sys.argv[0]).name == "fluxmpi":
+        return shlex.join(["fluxmpi", *sys.argv[1:]])
+    words = ["fluxmpi", "bench"]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        value, flag = ctx.params[param.name], param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag:
+            words.append(flag if value else param.secondary_opts[0] if param.secondary_opts else flag)
+        elif isinstance(value, tuple):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)

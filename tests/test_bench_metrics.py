@@ -1,0 +1,325 @@
+"""fluxmpi bench without a cluster: workloads, per-task and per-run figures, targets, report and plots."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fluxmpi.bench import metrics, plots, report, targets
+from fluxmpi.bench.driver import BenchError, not_applicable_reason, parse_names
+from fluxmpi.bench.workload import Workload, WorkloadError, load_file, preset, resolve
+from fluxmpi.cli.bench import bench
+
+
+def task(index, nodes, submitted, started, ended, returned, *, ok=True, **stamps):
+    row = {"task": f"t{index}", "index": index, "nodes_req": len(nodes), "ranks_per_node": 1, "nodes": list(nodes),
+           "submitted": submitted, "admitted": None, "launched": None, "rank_started": None, "started": started,
+           "ended": ended, "done": None, "returned": returned, "ok": ok, "error": None if ok else "boom"}
+    row.update(stamps)
+    return row
+
+
+# Two nodes. t0 spans both; t1 (node a) and t2 (node b) wait for it.
+SCHEDULE = [
+    task(0, "ab", 0.0, 1.0, 3.0, 3.5),
+    task(1, "a", 0.0, 4.0, 5.0, 5.2),
+    task(2, "b", 0.0, 3.5, 4.5, 4.6),
+]
+
+
+# ---- per task ----------------------------------------------------------------------------------------------
+
+def test_ready_is_when_the_tasks_nodes_were_freed():
+    assert metrics.ready_times(SCHEDULE) == [0.0, 3.0, 3.0]
+
+
+def test_overhead_excludes_waiting_for_nodes_and_the_run_itself():
+    rows = {r["task"]: r for r in metrics.task_figures(SCHEDULE)}
+    assert rows["t0"]["overhead"] == pytest.approx(1.0 + 0.5)
+    assert rows["t1"]["overhead"] == pytest.approx(1.0 + 0.2)
+    assert rows["t1"]["wait"] == pytest.approx(3.0)
+    assert rows["t2"]["overhead"] == pytest.approx(0.5 + 0.1)
+    assert rows["t2"]["run"] == pytest.approx(1.0)
+
+
+def test_ready_uses_the_last_task_that_ended_on_any_of_its_nodes():
+    tasks = [task(0, "a", 0, 1, 2, 2.1), task(1, "b", 0, 1, 6, 6.1), task(2, "ab", 0, 7, 8, 8.5)]
+    assert metrics.ready_times(tasks)[2] == 6
+
+
+def test_components_add_up_to_the_overhead():
+    t = task(0, "ab", 10.0, 12.0, 15.0, 16.0, admitted=10.2, launched=10.5, rank_started=11.0, done=15.3)
+    row = metrics.task_figures([t])[0]
+    c = {k: row[k] for k in metrics.COMPONENTS}
+    assert c == pytest.approx({"admit": 0.2, "dispatch": 0.3, "spawn": 0.5, "wireup": 1.0, "teardown": 0.3,
+                               "result": 0.7})
+    assert sum(c.values()) == pytest.approx(row["overhead"])
+
+
+def test_an_unknown_stamp_merges_its_neighbours():
+    t = task(0, "a", 10.0, 12.0, 15.0, 16.0, rank_started=11.0)   # no admitted, launched, done
+    row = metrics.task_figures([t])[0]
+    assert row["admit"] is None and row["dispatch"] is None and row["teardown"] is None
+    assert row["spawn"] == pytest.approx(1.0) and row["wireup"] == pytest.approx(1.0)
+    assert row["result"] == pytest.approx(1.0)
+
+
+def test_admitted_before_ready_costs_nothing():
+    # handed to an executor that queued it until its nodes were free
+    tasks = [task(0, "a", 0.0, 1.0, 5.0, 5.5, admitted=0.0, launched=0.5),
+             task(1, "a", 0.0, 6.0, 7.0, 7.5, admitted=0.0, launched=5.8)]
+    row = metrics.task_figures(tasks)[1]
+    assert row["admit"] == 0 and row["dispatch"] == pytest.approx(0.8)
+
+
+def test_a_stamp_out_of_order_in_one_task_is_dropped_for_the_whole_run():
+    # t1's launcher stamp comes after its first rank started (a per-rank launcher reporting rank 0 only)
+    tasks = [task(0, "a", 0.0, 1.0, 2.0, 2.5, launched=0.2, rank_started=0.6),
+             task(1, "b", 0.0, 1.0, 2.0, 2.5, launched=0.9, rank_started=0.6)]
+    rows = metrics.task_figures(tasks)
+    assert [r["dispatch"] for r in rows] == [None, None]
+    assert [r["spawn"] for r in rows] == pytest.approx([0.6, 0.6])
+    s = metrics.summarize(tasks, nodes=2)
+    assert s["components_mean"]["dispatch"] is None
+    assert sum(v for v in s["components_mean"].values() if v is not None) == pytest.approx(s["overhead_mean"])
+
+
+def test_complete_and_timing_problems():
+    assert metrics.complete(SCHEDULE[0])
+    missing = task(0, "a", 0.0, None, 1.0, 2.0)
+    assert not metrics.complete(missing) and metrics.timing_problems(missing) == ["no started"]
+    backwards = task(0, "a", 0.0, 2.0, 1.0, 3.0)
+    assert not metrics.complete(backwards)
+    assert any("started" in p and "after ended" in p for p in metrics.timing_problems(backwards))
+    assert not metrics.complete(task(0, "a", 0.0, 1.0, 2.0, 3.0, ok=False))
+
+
+# ---- statistics and bounds ---------------------------------------------------------------------------------
+
+def test_percentile_interpolates_between_ranks():
+    assert metrics.percentile([4, 1, 3, 2], 50) == 2.5
+    assert metrics.percentile([1, 2, 3, 4], 95) == pytest.approx(3.85)
+    assert metrics.percentile([], 50) is None
+    with pytest.raises(ValueError):
+        metrics.percentile([1], 101)
+
+
+def test_slope_of_a_line_and_of_too_few_points():
+    xs = list(range(10))
+    assert metrics.slope(xs, [2 * x + 1 for x in xs]) == pytest.approx(2)
+    assert metrics.slope([0, 1], [0, 1]) is None
+    assert metrics.slope([1, 1, 1], [0, 1, 2]) is None
+
+
+def test_slope_stderr_is_zero_on_a_line_and_grows_with_noise():
+    xs = list(range(20))
+    assert metrics.slope_stderr(xs, [0.5 * x for x in xs]) == pytest.approx(0)
+    noisy = [0.5 * x + (1 if x % 2 else -1) for x in xs]
+    loud = [0.5 * x + (3 if x % 2 else -3) for x in xs]
+    assert 0 < metrics.slope_stderr(xs, noisy) < metrics.slope_stderr(xs, loud)
+    assert metrics.slope_stderr([0, 1], [0, 1]) is None
+
+
+def test_lower_bound_is_area_or_longest_task():
+    assert metrics.lower_bound([4, 1, 1], [1, 3, 3], 4) == pytest.approx(3)       # longest task
+    assert metrics.lower_bound([4, 4, 2], [1, 1, 2], 4) == pytest.approx(3)       # area (4+4+4)/4
+    with pytest.raises(ValueError):
+        metrics.lower_bound([1], [1], 0)
+
+
+def test_first_fit_fills_gaps_with_later_tasks():
+    # 3 runs with 1 beside it, then the two 2-node tasks together
+    assert metrics.first_fit_makespan([3, 2, 1, 2], [1, 1, 1, 1], 4) == pytest.approx(2)
+    # nothing fits beside a 4-node task
+    assert metrics.first_fit_makespan([4, 1, 4], [2, 1, 2], 4) == pytest.approx(5)
+    with pytest.raises(ValueError):
+        metrics.first_fit_makespan([5], [1], 4)
+
+
+def test_summary_of_a_run():
+    s = metrics.summarize(SCHEDULE + [task(3, "a", 0.0, None, None, 9.0, ok=False)], nodes=2, t_start=-10.0,
+                          t_first_result=3.5)
+    assert (s["tasks"], s["ok"], s["failed"]) == (4, 3, 1)
+    assert s["startup"] == pytest.approx(13.5)
+    assert s["makespan"] == pytest.approx(5.2)                   # failed task's return does not count
+    assert s["lower_bound"] == pytest.approx(3.0)                # (2*2 + 1 + 1) / 2
+    assert s["makespan_ratio"] == pytest.approx(5.2 / 3.0)
+    assert s["utilization"] == pytest.approx(6 / (2 * 5.2))
+    assert s["throughput"] == pytest.approx(3 / 5.2)
+    assert s["overhead_median"] == pytest.approx(1.2)
+    assert s["overhead_slope"] == pytest.approx(-0.45)
+
+
+def test_overhead_growth_is_the_fitted_rise_over_the_median():
+    tasks = [task(i, "a", 10.0 * i, 10.0 * i + 1, 10.0 * i + 2, 10.0 * i + 2 + 0.5 + 0.01 * i) for i in range(101)]
+    s = metrics.summarize(tasks, nodes=1)
+    assert s["overhead_slope"] == pytest.approx(0.01)
+    assert s["overhead_growth"] == pytest.approx(0.01 * 100 / s["overhead_median"])
+
+
+# ---- workloads ---------------------------------------------------------------------------------------------
+
+def test_uniform_and_mixed_specs():
+    assert {(s.nodes, s.ranks_per_node) for s in Workload("u", "uniform", 5, 2, 2).specs()} == {(2, 2)}
+    sizes = [s.nodes for s in Workload("m", "mixed", 12, 4, seed=3).specs()]
+    assert sorted(sizes) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert sizes == [s.nodes for s in Workload("m", "mixed", 12, 4, seed=3).specs()]
+    assert any([s.nodes for s in Workload("m", "mixed", 12, 4, seed=s).specs()] != sizes for s in range(4, 8))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"kind": "spread"}, "kind 'spread'"),
+    ({"tasks": 0}, "tasks=0"),
+    ({"nodes": 1.5}, "nodes=1.5"),
+    ({"work": "nap"}, "work 'nap'"),
+    ({"seconds": -1}, "-1"),
+    ({"name": "Bad Name"}, "'Bad Name'"),
+])
+def test_bad_workloads_are_refused(kwargs, words):
+    args = {"name": "w", "kind": "uniform", "tasks": 2, "nodes": 2, **kwargs}
+    with pytest.raises(WorkloadError) as err:
+        Workload(**args)
+    assert words in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_workload_fits_the_nodes():
+    Workload("w", "mixed", 4, 4, 2).check_fits(4, 2)
+    with pytest.raises(WorkloadError, match="--cluster-nodes 5"):
+        Workload("w", "uniform", 4, 5).check_fits(4, 2)
+    with pytest.raises(WorkloadError, match="--ranks-per-node 2 or less"):
+        Workload("w", "uniform", 4, 1, 3).check_fits(4, 2)
+
+
+def test_workload_files(tmp_path):
+    y = tmp_path / "w.yaml"
+    y.write_text("workloads:\n - {kind: uniform, tasks: 3, nodes: 2, busy: 0.5}\n"
+                 " - {name: big, kind: mixed, tasks: 8, nodes: 4, sleep: 2, seed: 7}\n")
+    a, b = load_file(y)
+    assert (a.name, a.work, a.seconds, a.ranks_per_node) == ("uniform", "busy", 0.5, 1)
+    assert (b.name, b.kind, b.seed, b.seconds) == ("big", "mixed", 7, 2)
+    j = tmp_path / "w.json"
+    j.write_text(json.dumps({"kind": "uniform", "tasks": 2, "nodes": 1}))
+    assert load_file(j)[0].tasks == 2
+    j.write_text(json.dumps({"kind": "uniform", "tasks": 2, "nodes": 1, "ranks": 4}))
+    with pytest.raises(WorkloadError, match=r"unknown key\(s\) \['ranks'\]"):
+        load_file(j)
+    j.write_text(json.dumps({"kind": "uniform", "tasks": 2, "nodes": 1, "sleep": 1, "busy": 1}))
+    with pytest.raises(WorkloadError, match="not both"):
+        load_file(j)
+    j.write_text("{not json")
+    with pytest.raises(WorkloadError, match="not valid JSON"):
+        load_file(j)
+
+
+def test_resolve_flags_presets_and_quick(tmp_path):
+    (wl,) = resolve([], nodes=4)
+    assert (wl.kind, wl.tasks, wl.nodes, wl.seconds) == ("uniform", 20, 2, 1.0)
+    (wl,) = resolve([], nodes=4, quick=True)
+    assert wl.tasks <= 4 and wl.seconds <= 0.2
+    (m,) = resolve(["mixed"], nodes=3, tasks=6, busy=0.3, seed=2)
+    assert (m.nodes, m.work, m.seconds, m.seed) == (3, "busy", 0.3, 2)
+    assert [w.name for w in resolve(["full"], nodes=4)] == [w.name for w in preset("full", 4)]
+    assert max(w.tasks for w in preset("full", 4)) >= 200
+    with pytest.raises(WorkloadError, match="--tasks set the sizes"):
+        resolve(["full"], nodes=4, tasks=3)
+    with pytest.raises(WorkloadError, match="exclude each other"):
+        resolve(["uniform"], nodes=4, sleep=1, busy=1)
+    with pytest.raises(WorkloadError, match="neither"):
+        resolve([str(tmp_path / "missing.yaml")], nodes=4)
+    names = [w.name for w in resolve(["uniform", "uniform"], nodes=4)]
+    assert len(set(names)) == 2
+
+
+def test_paths_selection():
+    assert parse_names(None) == parse_names("all")
+    assert parse_names("flux,bare-srun,htex") == ["bare-srun", "htex", "flux"]
+    with pytest.raises(BenchError, match="'nope' not known|nope not known"):
+        parse_names("htex,nope")
+    assert not_applicable_reason("static", Workload("m", "mixed", 4, 2)) == \
+        "not applicable: mixed sizes (static blocks run one task size)"
+    assert not_applicable_reason("static", Workload("u", "uniform", 4, 2)) is None
+    assert not_applicable_reason("flux", Workload("m", "mixed", 4, 2)) is None
+
+
+# ---- targets, report, plots --------------------------------------------------------------------------------
+
+def _run(name, kind, overhead, *, baseline=None, status="ok", reason="", n=4, nodes=2):
+    tasks, t = [], overhead          # one after the other on the same nodes, `overhead` apart
+    for i in range(n):
+        tasks.append(task(i, ["a", "b"][:nodes], 0.0, t, t + 1, t + 1))
+        t += 1 + overhead
+    run = {"name": name, "kind": kind, "status": status, "reason": reason, "baseline": baseline, "workdir": None,
+           "t_start": -5.0, "t_ready": -4.0, "t_first_result": tasks[0]["returned"], "t_end": 100.0,
+           "tasks": tasks if status in ("ok", "failed") else [], "placement_ok": True if status == "ok" else None,
+           "placement_report": "", "summary": {}}
+    if run["tasks"]:
+        run["summary"] = metrics.summarize(run["tasks"], 2, run["t_start"], run["t_first_result"])
+    return run
+
+
+def _bench(tasks=4, sizes=(2, 2, 2, 2)):
+    runs = [_run("bare-srun", "baseline", 0.5, n=tasks), _run("htex", "path", 0.6, baseline="bare-srun", n=tasks),
+            _run("static", "path", 0, baseline="bare-srun", status="not applicable",
+                 reason="not applicable: mixed sizes (static blocks run one task size)"),
+            _run("bare-flux", "baseline", 0, status="unavailable", reason="flux-core is not installed"),
+            _run("flux", "path", 0, baseline="bare-flux", status="unavailable", reason="flux-core is not installed")]
+    for r in runs:
+        base = next((b for b in runs if b["name"] == r["baseline"]), None)
+        if r["summary"] and base and base["summary"]:
+            r["summary"]["overhead_vs_baseline"] = metrics.ratio(r["summary"]["overhead_median"],
+                                                                 base["summary"]["overhead_median"])
+    wl = {"name": "w", "kind": "mixed", "tasks": tasks, "sizes": list(sizes)}
+    doc = {"command": "fluxmpi bench --quick", "time": "now", "host": "h", "cpus": 2,
+           "versions": {"fluxmpi": "0", "parsl": "0", "flux-core": None, "python": "3"},
+           "site": {"name": "local:x", "partition": "debug", "nodes": 2, "cores_per_node": 2},
+           "workloads": [{"workload": wl, "description": "w: test", "runs": runs}]}
+    doc["targets"] = targets.evaluate(doc)
+    return doc
+
+
+def test_targets():
+    doc = _bench(tasks=200, sizes=(1, 2))
+    by = {(t["target"], t["path"]): t for t in doc["targets"]}
+    htex = by[("overhead", "htex")]
+    assert htex["value"] == pytest.approx(0.6 / 0.5) and htex["met"] is True
+    assert by[("overhead", "flux")]["met"] is None and "flux-core is not installed" in by[("overhead", "flux")]["note"]
+    assert by[("makespan", "htex")]["value"] == pytest.approx(doc["workloads"][0]["runs"][1]["summary"]
+                                                              ["makespan_ratio"])
+    assert by[("makespan", "htex")]["met"] is False          # sequential tasks on 2 nodes: twice the bound
+    assert by[("growth", "htex")]["met"] is True             # constant overhead
+    assert ("growth", "static") not in by                    # did not run
+    assert not any(t["target"] == "makespan" for t in _bench(sizes=(2, 2))["targets"])
+
+
+def test_markdown_keeps_every_path_with_its_reason():
+    text = report.render_markdown(_bench())
+    assert "| static | not applicable: mixed sizes (static blocks run one task size) |" in text
+    assert "| flux | unavailable: flux-core is not installed |" in text
+    assert "| htex | ok | 4/4 |" in text and "1.20x (bare-srun)" in text
+    assert "fluxmpi bench --quick" in text and "## Targets" in text
+
+
+def test_json_is_written_whole(tmp_path):
+    doc = _bench()
+    report.write_json(doc, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(doc))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_plots_are_png_files(tmp_path):
+    written = plots.write_all(_bench(), tmp_path)
+    assert sorted(p.name for p in written) == ["overhead-w.png", "timeline-w.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_cli_refuses_bad_input_before_any_cluster():
+    runner = CliRunner()
+    for args, words in ((["--paths", "htex,bogus"], "bogus not known"),
+                        (["--workload", "uniform", "--nodes", "9"], "--cluster-nodes 9"),
+                        (["--workload", "full", "--sleep", "1"], "--sleep set the sizes"),
+                        (["--cluster-nodes", "0"], "--cluster-nodes 0")):
+        result = runner.invoke(bench, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("fluxmpi: error: ") and words in result.output
