@@ -5,6 +5,8 @@ from concurrent.futures import wait
 
 import parsl
 import pytest
+
+from fluxmpi import slurm
 from click.testing import CliRunner
 
 from fluxmpi.apps import run_mpi_task
@@ -26,9 +28,7 @@ def site(cluster):
 
 def job_ids(cluster) -> set[str]:
     """Every job slurmctld still remembers, finished ones included (MinJobAge keeps them a while)."""
-    proc = cluster.run(["squeue", "-h", "-t", "all", "-o", "%i"], timeout=20)
-    assert proc.returncode == 0, proc.stderr
-    return set(proc.stdout.split())
+    return {job.job_id for job in slurm.jobs(env=cluster.environ())}
 
 
 @pytest.mark.parametrize("path", ["htex", "htex-mpiexec", "static"])
