@@ -397,9 +397,11 @@ class LocalCluster:
             network.remove_node(lay, node)
         network.remove_bridge(lay)
         network.remove_hosts_block(lay)
-        if (state or {}).get("created", {}).get("run_sshd"):
-            shutil.rmtree("/run/sshd", ignore_errors=True)
         shutil.rmtree(lay.state_dir, ignore_errors=True)
+        # /run/sshd serves every local cluster's sshd: remove it only with the last cluster that is up.
+        others = [p for p in lay.state_dir.parent.glob("*/state.json")]
+        if (state or {}).get("created", {}).get("run_sshd") and not others:
+            shutil.rmtree("/run/sshd", ignore_errors=True)
         msg = f"cluster {lay.name} down: stopped {len(victims)} processes"
         return msg + (f" ({len(forced)} needed SIGKILL)" if forced else "")
 
