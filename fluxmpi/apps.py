@@ -69,11 +69,20 @@ _SRUN_FAILURE = re.compile(r"srun: error: (?P<node>[^:\s]+): tasks? (?P<ranks>[\
 _OMPI_RANK = re.compile(r"Process name:\s+\[\[\d+,\d+\],(?P<rank>\d+)\]")
 _OMPI_HOST = re.compile(r"(?:Local host|Node|Hostname):\s+(?P<node>\S+)")
 _OMPI_WHAT = re.compile(r"(?P<what>Exit code:\s+\d+|Signal:.*|signal \d+ \(.*?\))")
+# Open MPI, a rank killed by a signal: "mpirun noticed that process rank 1 with PID 0 on node fxm2 exited on
+# signal 11 (Segmentation fault)."
+_OMPI_NOTICED = re.compile(r"process rank (?P<rank>\d+) with PID \d+ on node (?P<node>\S+) "
+                           r"(?P<what>exited on signal \d+ \(.*?\))")
+# Slurm, a node of the step died: "srun: error: Node failure on fxm2"
+_NODE_FAILURE = re.compile(r"srun: error: Node failure on (?P<node>[^\s:]+)")
 
 
 def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
     """(rank, node, what) of each failed rank the launcher names in its stderr."""
-    found = [(m["ranks"], m["node"], m["what"].strip()) for m in _SRUN_FAILURE.finditer(stderr)]
+    found = [("?", m["node"], "node failure") for m in _NODE_FAILURE.finditer(stderr)]
+    found += [(m["ranks"], m["node"], m["what"].strip()) for m in _SRUN_FAILURE.finditer(stderr)
+              if not m["what"].startswith("Node failure")]
+    found += [(m["rank"], m["node"], m["what"]) for m in _OMPI_NOTICED.finditer(stderr)]
     if not found:
         rank, host, what = _OMPI_RANK.search(stderr), _OMPI_HOST.search(stderr), _OMPI_WHAT.search(stderr)
         if rank:
@@ -110,12 +119,30 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
                             launcher_failures(err), _tail(err), argv)
     t_done = time.time()
     if proc.returncode != 0:
+        if _BLOCK_ENDING.search(err):
+            _outlive_block(timeout)
         raise MPITaskFailed(task, f"{argv[0]} exited with code {proc.returncode} on {','.join(nodes)}",
                             launcher_failures(err), _tail(err), argv)
     return {"task": task, "worker_host": socket.gethostname(), "nodes": nodes[:task_spec.nodes], "argv": argv,
             "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
             # Which env file the block sourced (worker_init), so a run can show its workers got it.
             "env_file": os.environ.get("FLUXMPI_ENV_FILE")}
+
+
+# srun inside a block whose allocation is ending (walltime, cancel): no step can start there any more.
+_BLOCK_ENDING = re.compile(r"Unable to create step for job \d+: (Job/step already completing or completed|"
+                           r"Job has expired|Invalid job id specified)")
+BLOCK_ENDING_WAIT = 60.0
+
+
+def _outlive_block(timeout: float | None) -> None:
+    """Wait (at most BLOCK_ENDING_WAIT s) for the ending allocation to take this worker with it.
+
+    Failing at once would let the still-connected worker pool take the task's retries one after another,
+    each failing the same way within a second. Killed with its block instead, the task is lost with its pool
+    and Parsl retries it once on a block that can run it. If the block lives on, the caller fails the task.
+    """
+    time.sleep(min(BLOCK_ENDING_WAIT, timeout or BLOCK_ENDING_WAIT))
 
 
 class TaskInitFailed(RuntimeError):

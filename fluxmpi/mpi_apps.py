@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 APPS = ("c", "mpi4py")
+FAIL_MODES = ("exit", "segv")  # how a rank fails on purpose (--fail-mode of both apps)
 C_SOURCE = "mpi_hello.c"
 PY_APP = "mpi_hello.py"
 C_BINARY = "mpi_hello"
@@ -148,12 +149,18 @@ def app_command(
     affinity: bool = False,
     c_binary: str | os.PathLike | None = None,
     python: str = sys.executable,
+    fail_rank: int | None = None,
+    fail_mode: str | None = None,
+    fail_once_marker: str | os.PathLike | None = None,
 ) -> list[str]:
     """The argv that runs one rank of ``app`` ("c" or "mpi4py"); prefix it with the launcher.
 
     ``out_dir=None`` makes every rank print its record on stdout instead of
     writing ``out_dir/<task>.<rank>.json``. The C app needs ``c_binary`` (see
     :func:`compile_c_app`).
+
+    Fault injection (see fluxmpi.faults.RankFault): ``fail_rank`` makes that rank fail right after MPI_Init,
+    ``fail_mode`` "exit" (code 3) or "segv"; with ``fail_once_marker`` only while that file does not exist.
     """
     if app not in APPS:
         raise MpiAppError(f"unknown app {app!r}: choose one of {', '.join(APPS)}")
@@ -162,6 +169,14 @@ def app_command(
     _check_seconds("sleep", sleep)
     if busy is not None and sleep is not None:
         raise MpiAppError("busy and sleep exclude each other: give at most one")
+    if fail_rank is not None and (isinstance(fail_rank, bool) or not isinstance(fail_rank, int) or fail_rank < 0):
+        raise MpiAppError(f"fail_rank must be a rank (a whole number from 0), got {fail_rank!r}")
+    if fail_mode not in (None, *FAIL_MODES):
+        raise MpiAppError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {fail_mode!r}")
+    if fail_rank is None and (fail_mode is not None or fail_once_marker is not None):
+        raise MpiAppError("fail_mode and fail_once_marker need fail_rank")
+    if fail_once_marker is not None and str(fail_once_marker) == "":
+        raise MpiAppError("fail_once_marker must be a file path, got ''")
     if app == "c":
         if c_binary is None:
             raise MpiAppError("the C app needs c_binary=<path from compile_c_app()>")
@@ -179,4 +194,8 @@ def app_command(
         if str(out_dir) == "":
             raise MpiAppError("out_dir must be a directory path or None (stdout), got ''")
         cmd += ["--out", str(out_dir)]
+    if fail_rank is not None:
+        cmd += ["--fail-rank", str(fail_rank), "--fail-mode", fail_mode or "exit"]
+        if fail_once_marker is not None:
+            cmd += ["--fail-once-marker", str(fail_once_marker)]
     return cmd

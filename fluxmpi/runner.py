@@ -1,16 +1,22 @@
 """One run: load a launch path's Parsl config, compile the app on the cluster, run the tasks, check placements.
 
-Every wait is bounded and says what it waited for; finished tasks' records are kept whatever happens after.
+Every wait is bounded and says what it waited for; finished tasks' records are kept whatever happens after:
+run.json is rewritten after every finished task and when the run ends, fails or is interrupted (SIGINT,
+SIGTERM), and a run can be resumed from it (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,18 +24,32 @@ import parsl
 
 from . import placement
 from .apps import compile_app, run_mpi_task
+from .faults import RankFault, as_faults, task_fault_options
+from .launch.blocks import ACTIVE_STATES, BlockWatch, Resilience, any_unresponsive, job_states
 from .launch.gate import NodeGate
 from .launch.paths import LaunchPath, get_path
 from .mpi_apps import app_command
+from .resume import finished_tasks
 from .site import Site
-from .spec import MPITaskSpec
+from .spec import MPITaskSpec, SpecError, parse_walltime
 
 COMPILE_TIMEOUT = 300.0
 CLEANUP_TIMEOUT = 60.0
+CANCEL_TIMEOUT = 30.0   # seconds to wait for cancelled blocks to leave squeue's active states
+WATCH_PERIOD = 5.0      # seconds between looks at the blocks' Slurm jobs
 
 
 class RunError(RuntimeError):
     """The run could not proceed (blocks never started, compile failed); the message says what and where."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run. Its blocks were cancelled and run.json written before this was raised;
+    `result` holds what finished (run again with resume=True / --resume to run only the rest)."""
+
+    def __init__(self, signal_name: str, result: "RunResult | None" = None):
+        super().__init__(signal_name)
+        self.signal_name, self.result = signal_name, result
 
 
 @dataclass
@@ -42,6 +62,9 @@ class TaskOutcome:
     error: str | None = None
     result: dict | None = None
     admitted: float | None = None       # handed to the executor (after the node gate, if the path has one)
+    attempts: int = 0                   # times it ran (more than 1 with retries)
+    earlier_errors: list[str] = field(default_factory=list)   # why the attempts before the last failed
+    skipped: bool = False               # finished in an earlier run of the same workdir (resume)
 
 
 @dataclass
@@ -57,18 +80,29 @@ class RunResult:
     tasks: list[TaskOutcome] = field(default_factory=list)
     placement_ok: bool = False
     placement_report: str = ""
+    interrupted: str | None = None      # "SIGINT" / "SIGTERM" if a signal stopped the run
+    retries: int = 0
+    blocks: dict = field(default_factory=dict)        # Slurm job id -> last state seen (state, reason, nodes)
+    lost_nodes: dict = field(default_factory=dict)    # node -> Slurm state (reason), for nodes of the run's blocks
+    cancelled_jobs: list[str] = field(default_factory=list)   # blocks still active at the end, cancelled
+    retired_jobs: list[str] = field(default_factory=list)     # blocks cancelled mid-run: their worker pool was lost
 
     @property
     def failed(self) -> list[TaskOutcome]:
         return [t for t in self.tasks if not t.ok]
 
     @property
+    def skipped(self) -> list[TaskOutcome]:
+        return [t for t in self.tasks if t.skipped]
+
+    @property
     def ok(self) -> bool:
-        return not self.failed and self.placement_ok
+        return not self.failed and self.placement_ok and not self.interrupted
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["ok"] = self.ok
+        data["complete"] = True
         return data
 
 
@@ -80,12 +114,12 @@ def _python_app(fn: Callable, label: str):
     return parsl.python_app(fn, executors=[label])
 
 
-def _cleanup_parsl(dfk, timeout: float = CLEANUP_TIMEOUT) -> list[str]:
-    """Shut Parsl down within `timeout`; if it hangs, cancel its Slurm jobs directly. Returns jobs cancelled."""
-    job_ids = []
-    for ex in dfk.executors.values():
-        provider = getattr(ex, "provider", None)
-        job_ids += list(getattr(provider, "resources", {}) or {})
+def _cleanup_parsl(dfk, timeout: float = CLEANUP_TIMEOUT, cancelled: list[str] | None = None,
+                   let_go: set[str] = frozenset()) -> list[str]:
+    """Shut Parsl down within `timeout`, then cancel whatever of its Slurm jobs is still active: Parsl leaves its
+    blocks running when an executor is in a bad state, and a hung shutdown leaves them all. Returns the run's job
+    ids; the ones that had to be cancelled here are appended to `cancelled`. `let_go`: jobs cancelled earlier
+    (a lost worker pool's block), whose end is not waited for."""
     done = threading.Event()
 
     def shut():
@@ -94,71 +128,288 @@ def _cleanup_parsl(dfk, timeout: float = CLEANUP_TIMEOUT) -> list[str]:
         finally:
             done.set()
     threading.Thread(target=shut, name="fluxmpi-cleanup", daemon=True).start()
-    if not done.wait(timeout):
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)
+    done.wait(timeout)
+    job_ids = _job_ids(dfk)
+    still = _cancel_active([j for j in job_ids if j not in let_go])
+    if cancelled is not None:
+        cancelled += still
     parsl.clear()
     return job_ids
+
+
+def _job_ids(dfk) -> list[str]:
+    """The Slurm job ids of every block the run's executors submitted."""
+    ids = []
+    for ex in dfk.executors.values():
+        ids += [str(j) for j in (getattr(getattr(ex, "provider", None), "resources", {}) or {})]
+    return ids
+
+
+# A job in these states still holds (or will hold) nodes: scancel it. COMPLETING ones are only waited for.
+_CANCEL_STATES = ACTIVE_STATES - {"COMPLETING", "STAGE_OUT"}
+
+
+def _cancel_active(job_ids: list[str], timeout: float = CANCEL_TIMEOUT) -> list[str]:
+    """scancel the jobs still active and wait until squeue shows none of them active; returns those cancelled.
+
+    A job COMPLETING on a node that does not respond is not waited for: it stays so until Slurm declares the
+    node down, and nothing of it can run meanwhile."""
+    if not job_ids:
+        return []
+    states = job_states(job_ids)
+    if states is None:   # squeue did not answer: cancel them all, scancel ignores finished jobs
+        targets, waiting = list(job_ids), list(job_ids)
+    else:
+        targets = [j for j, info in states.items() if info["state"] in _CANCEL_STATES]
+        waiting = [j for j, info in states.items() if info["state"] in ACTIVE_STATES]
+    if targets:
+        try:
+            subprocess.run(["scancel", *targets], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            print(f"fluxmpi: warning: scancel {' '.join(targets)} failed: {err}", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    left = waiting
+    while left and time.monotonic() < deadline:
+        states = job_states(left)
+        if states is not None:
+            left = [j for j, info in states.items() if info["state"] in ACTIVE_STATES and not (
+                info["state"] == "COMPLETING" and any_unresponsive(info["nodes"]))]
+        if left:
+            time.sleep(0.5)
+    if left:
+        print(f"fluxmpi: warning: Slurm job(s) {', '.join(left)} still active {timeout:.0f}s after scancel; "
+              f"check with `squeue -j {','.join(left)}`", file=sys.stderr)
+    return targets
+
+
+class _SignalGuard:
+    """While the run waits, SIGINT and SIGTERM raise RunInterrupted; while it cleans up, they only print a note,
+    so a second Ctrl-C cannot leave blocks behind. Python delivers signals to the main thread only, so
+    elsewhere (a run started from a worker thread) the caller's handling stays as it is."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "_SignalGuard":
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous = {sig: signal.signal(sig, self._raise) for sig in self.SIGNALS} if self.active else {}
+        return self
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise RunInterrupted(signal.Signals(signum).name)
+
+    @staticmethod
+    def _note(signum, frame) -> None:
+        print(f"fluxmpi: {signal.Signals(signum).name}: still cancelling the run's blocks and writing run.json "
+              f"(at most {CLEANUP_TIMEOUT + CANCEL_TIMEOUT:.0f}s)", file=sys.stderr, flush=True)
+
+    def hold(self) -> None:
+        for sig in self.previous:
+            signal.signal(sig, self._note)
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _check_app_binary(app: str, app_binary) -> Path | None:
+    """An already built C app to run instead of compiling: it must exist and be executable, before any job."""
+    if app_binary is None:
+        return None
+    if app != "c":
+        raise SpecError(f"--app-binary {app_binary} only applies to --app c (the {app} app is not compiled)")
+    path = Path(app_binary).expanduser().resolve()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise SpecError(f"--app-binary {str(app_binary)!r} is not an executable file: build it with "
+                        f"`make -C mpi_apps` (or leave the option out and fluxmpi compiles it on the cluster)")
+    return path
 
 
 def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, app: str = "c",
               workdir: Path | None = None, sleep: float | None = None, busy: float | None = None,
               nodes_per_block: int | None = None, walltime: int | str = 1800, worker_init: str = "",
               task_timeout: float = 600, run_timeout: float = 3600,
-              on_progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Run `specs` concurrently through `path` on `site`; returns timings, outcomes and the placement check."""
+              on_progress: Callable[[int, int], None] | None = None, retries: int | None = None,
+              resilience: Resilience | None = None, fault: RankFault | list[RankFault] | None = None,
+              resume: bool = False,
+              app_binary: str | os.PathLike | None = None,
+              log: Callable[[str], None] | None = None) -> RunResult:
+    """Run `specs` concurrently through `path` on `site`; returns timings, outcomes and the placement check.
+
+    retries: reruns of a failed task (overrides resilience.retries). resilience: heartbeats, how blocks are
+    watched and replaced, block_timeout (fluxmpi.launch.blocks.Resilience). fault: make one rank of chosen tasks
+    fail (fluxmpi.faults.RankFault; given several, a task gets the first that applies to it). resume: skip the
+    tasks an earlier run in `workdir` finished. app_binary: a built C app to run instead of compiling one on the
+    cluster. log: where notes for the user go.
+    SIGINT / SIGTERM: the blocks are cancelled, run.json written, and RunInterrupted raised (result attached).
+    """
     lp = get_path(path) if isinstance(path, str) else path
     plan = lp.check(site, specs, nodes_per_block)          # bad input stops here, before any job exists
+    res = resilience or Resilience()
+    if retries is not None:
+        res = replace(res, retries=retries)
+    faults = as_faults(fault)
+    for f in faults:
+        for spec in specs:
+            f.check(spec.ranks)
+    binary = _check_app_binary(app, app_binary)
+    parse_walltime(walltime)                            # the blocks' walltime, checked before the config is built
+    if resume and workdir is None:
+        raise SpecError("resume needs the workdir of the run to resume: give --workdir")
     workdir = Path(workdir or default_workdir(lp.name)).resolve()
-    records_dir, bin_dir = workdir / "records", workdir / "bin"
+    task_ids = [f"t{i}" for i in range(len(specs))]
+    earlier = finished_tasks(workdir, task_ids, specs) if resume else {}
+    records_dir, bin_dir, markers = workdir / "records", workdir / "bin", workdir / "faults"
     for d in (records_dir, bin_dir):
         d.mkdir(parents=True, exist_ok=True)
-    _write_manifest(workdir, [records_dir, bin_dir, workdir / "runinfo", workdir / "run.json"])
-    task_ids = [f"t{i}" for i in range(len(specs))]
-    app_argvs = [app_command(app, task=tid, out_dir=records_dir, sleep=sleep, busy=busy,
-                             c_binary=bin_dir / "mpi_hello" if app == "c" else None) for tid in task_ids]
+    once = any(f.once for f in faults)
+    _write_manifest(workdir, [records_dir, bin_dir, workdir / "runinfo", workdir / "run.json"]
+                    + ([markers] if once else []))
+    if once:
+        markers.mkdir(exist_ok=True)
+    c_binary = (binary or bin_dir / "mpi_hello") if app == "c" else None
+    app_argvs = [app_command(app, task=tid, out_dir=records_dir, sleep=sleep, busy=busy, c_binary=c_binary,
+                             **task_fault_options(faults, tid, markers)) for tid in task_ids]
 
     site.apply_env()
-    plan = type(plan)(**{**asdict(plan), "walltime": walltime, "worker_init": worker_init,
-                         "run_dir": str(workdir / "runinfo")})
-    t_start = time.time()
-    dfk = parsl.load(lp.build_config(site, plan))
-    t_loaded = time.time()
-    gate = NodeGate(plan.gate_capacity) if plan.gate_capacity else None
-    run_app = _python_app(run_mpi_task, lp.label)
-    task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
+    plan = replace(plan, walltime=walltime, worker_init=worker_init, run_dir=str(workdir / "runinfo"),
+                   resilience=res)
     outcomes: list[TaskOutcome] = []
-    t_compiled = None
-    try:
-        if app == "c":
-            t_compiled = _compile_first(lp, gate, bin_dir, site, task_kw)
-        futures: dict[Future, TaskOutcome] = {}
-        for tid, spec, argv in zip(task_ids, specs, app_argvs):
-            outcome = TaskOutcome(tid, spec.to_dict(), submitted=time.time())
-            rs = lp.resources(spec, site)
+    for tid, spec in zip(task_ids, specs):
+        if tid in earlier:
+            e = earlier[tid]
+            outcomes.append(TaskOutcome(tid, spec.to_dict(), submitted=e.get("submitted") or 0.0,
+                                        returned=e.get("returned"), ok=True, result=e.get("result"),
+                                        admitted=e.get("admitted"), attempts=e.get("attempts") or 1,
+                                        skipped=True))
+    if earlier and log:
+        log(f"fluxmpi: resuming the run in {workdir}: skipping {len(earlier)} of {len(specs)} task(s) that "
+            f"finished before ({', '.join(sorted(earlier, key=lambda t: int(t[1:])))})")
+    todo = [(tid, spec, argv) for tid, spec, argv in zip(task_ids, specs, app_argvs) if tid not in earlier]
+    t_start = time.time()
+    state = {"t_loaded": None, "t_compiled": None, "interrupted": None, "cancelled": [], "retired": []}
+    writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries)
+    if not todo:
+        if log:
+            log("fluxmpi: every task finished in the earlier run; nothing to submit")
+        return writer.finish(specs, None, state)
 
-            def start(spec=spec, argv=argv, tid=tid, rs=rs, outcome=outcome) -> Future:
-                kwargs = {"parsl_resource_specification": rs} if rs else {}
-                outcome.admitted = time.time()
-                return run_app(spec.to_dict(), lp.launcher, argv, tid, task_timeout, **task_kw, **kwargs)
-            fut = gate.submit(spec.nodes, start, label=f"task {tid}") if gate else start()
-            fut.add_done_callback(lambda f, o=outcome: _record(o, f))
-            futures[fut] = outcome
-            outcomes.append(outcome)
-        _wait_all(futures, run_timeout, on_progress)
-    finally:
-        if gate:
-            gate.cancel_waiting()
-        _cleanup_parsl(dfk)
-    t_end = time.time()
-    returned = [o.returned for o in outcomes if o.returned]
-    records = placement.read_records(records_dir)
-    expected = {o.task: specs[i] for i, o in enumerate(outcomes) if o.ok}
-    report = placement.check_run(records, expected)
-    result = RunResult(path=lp.name, site=site.name, workdir=str(workdir), t_start=t_start, t_loaded=t_loaded,
-                       t_compiled=t_compiled, t_first_result=min(returned) if returned else None, t_end=t_end,
-                       tasks=outcomes, placement_ok=report.ok, placement_report=report.render())
-    (workdir / "run.json").write_text(json.dumps(result.to_json(), indent=1))
+    dfk = gate = watch = None
+    someone_elses = _loaded_dfk()    # parsl.load refuses to replace it; the clean-up must leave it alone
+    failures = _FailureLog()
+    with _SignalGuard() as guard:
+        try:
+            config = lp.build_config(site, plan)
+            config.retries = res.retries
+            config.retry_handler = failures.note   # Parsl forgets a retried task's earlier errors
+            dfk = parsl.load(config)
+            state["t_loaded"] = time.time()
+            gate = NodeGate(plan.gate_capacity) if plan.gate_capacity else None
+            watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout)
+            run_app = _python_app(run_mpi_task, lp.label)
+            task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
+            if app == "c" and binary is None:
+                state["t_compiled"] = _compile_first(lp, gate, bin_dir, site, task_kw)
+            futures: dict[Future, TaskOutcome] = {}
+            app_futures: dict[str, Future] = {}
+            for tid, spec, argv in todo:
+                outcome = TaskOutcome(tid, spec.to_dict(), submitted=time.time())
+                rs = lp.resources(spec, site)
+
+                def start(spec=spec, argv=argv, tid=tid, rs=rs, outcome=outcome) -> Future:
+                    kwargs = {"parsl_resource_specification": rs} if rs else {}
+                    outcome.admitted = time.time()
+                    app_futures[tid] = run_app(spec.to_dict(), lp.launcher, argv, tid, task_timeout, **task_kw,
+                                               **kwargs)
+                    return app_futures[tid]
+                fut = gate.submit(spec.nodes, start, label=f"task {tid}") if gate else start()
+                fut.add_done_callback(lambda f, o=outcome: (_record(o, f, app_futures.get(o.task), failures),
+                                                            writer.write(complete=False)))
+                futures[fut] = outcome
+                outcomes.append(outcome)
+            outcomes.sort(key=lambda o: int(o.task[1:]))
+            skipped = len(earlier)
+            progress = on_progress and (lambda done, total: on_progress(done + skipped, total + skipped))
+            _wait_all(futures, run_timeout, progress, watch,
+                      on_look=lambda: state["retired"].extend(_retire_blocks_of_lost_pools(dfk, failures)))
+        except RunInterrupted as err:
+            state["interrupted"] = err.signal_name
+        finally:
+            guard.hold()     # from here on a signal only prints a note: the clean-up must finish
+            if gate:
+                gate.cancel_waiting()
+            why = f"interrupted by {state['interrupted']}" if state["interrupted"] else "the run stopped"
+            for o in outcomes:
+                if o.returned is None and o.error is None:
+                    o.error = f"{why} before it finished"
+            if dfk is None and _loaded_dfk() is not someone_elses:
+                dfk = _loaded_dfk()      # interrupted inside parsl.load: what it had started
+            if watch is not None:
+                watch.check()
+            if dfk is not None:
+                _cleanup_parsl(dfk, cancelled=state["cancelled"], let_go=set(state["retired"]))
+            result = writer.finish(specs, watch, state)
+    if state["interrupted"]:
+        raise RunInterrupted(state["interrupted"], result)
     return result
+
+
+def _loaded_dfk():
+    """The DataFlowKernel parsl.load left behind if it was interrupted before returning it (or None)."""
+    try:
+        return parsl.dfk()
+    except Exception:  # noqa: BLE001 - parsl raises NoDataFlowKernelError when none is loaded
+        return None
+
+
+class _RunJsonWriter:
+    """Keeps run.json current: after every finished task (complete: false) and once at the end."""
+
+    def __init__(self, path: str, site: str, workdir: Path, t_start: float, outcomes: list[TaskOutcome],
+                 retries: int):
+        self.path, self.site, self.workdir, self.t_start = path, site, workdir, t_start
+        self.outcomes, self.retries = outcomes, retries
+        self._lock = threading.Lock()
+
+    def _dump(self, data: dict) -> None:
+        tmp = self.workdir / f".run.json.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, self.workdir / "run.json")   # a reader never sees half a file
+
+    def write(self, complete: bool) -> None:
+        with self._lock:
+            self._dump({"path": self.path, "site": self.site, "workdir": str(self.workdir),
+                        "t_start": self.t_start, "complete": complete, "retries": self.retries,
+                        "tasks": [asdict(o) for o in list(self.outcomes)]})
+
+    def finish(self, specs: list[MPITaskSpec], watch: BlockWatch | None, state: dict) -> RunResult:
+        t_end = time.time()
+        returned = [o.returned for o in self.outcomes if o.returned and o.ok and not o.skipped]
+        records = placement.read_records(self.workdir / "records")
+        # A failed task's surviving ranks may have written records; its failure is reported, not its placement.
+        failed = {o.task for o in self.outcomes if not o.ok}
+        records = placement.Records([r for r in records.records if r.task not in failed], records.problems)
+        expected = {o.task: specs[int(o.task[1:])] for o in self.outcomes if o.ok}
+        report = placement.check_run(records, expected)
+        for o in self.outcomes if watch else ():
+            # Failures as a block died are the block's doing: say so (the executors' own words can be obscure).
+            ending = watch.ending_near(o.returned, 2 * WATCH_PERIOD) if not o.ok and o.returned else None
+            if ending and "block" not in (o.error or ""):
+                o.error = f"{o.error} [its block ended: {ending}]"
+        lost = dict(watch.lost_nodes) if watch else {}
+        for host in _pool_hosts_lost(self.outcomes):
+            lost.setdefault(host, "its worker pool stopped answering (no heartbeat); Slurm had not marked it")
+        result = RunResult(path=self.path, site=self.site, workdir=str(self.workdir), t_start=self.t_start,
+                           t_loaded=state["t_loaded"] or self.t_start, t_compiled=state["t_compiled"],
+                           t_first_result=min(returned) if returned else None, t_end=t_end,
+                           tasks=list(self.outcomes), placement_ok=report.ok, placement_report=report.render(),
+                           interrupted=state["interrupted"], retries=self.retries,
+                           blocks=dict(watch.jobs) if watch else {},
+                           lost_nodes=lost,
+                           cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])))
+        with self._lock:
+            self._dump(result.to_json())
+        return result
 
 
 def _compile_first(lp: LaunchPath, gate: NodeGate | None, bin_dir: Path, site: Site,
@@ -182,28 +433,113 @@ def _compile_first(lp: LaunchPath, gate: NodeGate | None, bin_dir: Path, site: S
     return time.time()
 
 
-def _record(outcome: TaskOutcome, fut: Future) -> None:
+# Parsl's ManagerLost: "Task failure due to loss of manager 4e637c77634e on host fxm1"
+_POOL_LOST = re.compile(r"loss of manager (?P<manager>\S+) on host (?P<host>[^\s'\"]+)")
+
+
+def _pool_hosts_lost(outcomes: list[TaskOutcome]) -> list[str]:
+    """Hosts whose worker pool the interchange declared lost while running one of the run's tasks."""
+    hosts = []
+    for o in outcomes:
+        for text in [*o.earlier_errors, o.error or ""]:
+            hosts += [m["host"] for m in _POOL_LOST.finditer(text) if m["host"] not in hosts]
+    return hosts
+
+
+class _FailureLog:
+    """Every failed attempt's error, per Parsl task id: Parsl's retry handler sees them all (its task record
+    keeps only the last attempt's)."""
+
+    def __init__(self):
+        self.errors: dict[int, list[str]] = {}
+        self._lost_pools: set[str] = set()      # worker pools (manager ids) declared lost, not yet acted on
+        self._lock = threading.Lock()
+
+    def note(self, error: BaseException, task_record: dict) -> float:
+        text = str(error)[:2000]
+        with self._lock:
+            self.errors.setdefault(task_record["id"], []).append(text)
+            self._lost_pools.update(m["manager"] for m in _POOL_LOST.finditer(text))
+        return 1.0   # each failure costs one retry, as without a handler
+
+    def take_lost_pools(self) -> set[str]:
+        with self._lock:
+            hosts, self._lost_pools = self._lost_pools, set()
+        return hosts
+
+    def of(self, app_future: Future | None) -> list[str]:
+        record = getattr(app_future, "task_record", None) or {}
+        return list(self.errors.get(record.get("id"), []))
+
+
+def _record(outcome: TaskOutcome, fut: Future, app_future: Future | None = None,
+            failures: _FailureLog | None = None) -> None:
+    if outcome.returned is not None:   # already given up on (run time limit, dead blocks)
+        return
     outcome.returned = time.time()
     if fut.cancelled():
         outcome.error = "cancelled before it ran"
     elif fut.exception() is not None:
         outcome.error = str(fut.exception())
-    else:
-        outcome.ok, outcome.result = True, fut.result()
+    else:  # may come after an interruption note was set: it finished all the same
+        outcome.ok, outcome.result, outcome.error = True, fut.result(), None
+    record = getattr(app_future, "task_record", None) or {}
+    outcome.attempts = int(record.get("fail_count", 0) or 0) + (1 if outcome.ok else 0)
+    history = failures.of(app_future) if failures else []
+    outcome.earlier_errors = history if outcome.ok else history[:-1]
 
 
-def _wait_all(futures: dict[Future, TaskOutcome], timeout: float, on_progress) -> None:
+def _retire_blocks_of_lost_pools(dfk, failures: _FailureLog) -> list[str]:
+    """Cancel the blocks whose worker pool the interchange declared lost, through their provider, so Parsl
+    counts them as gone at once. Left alone, a block with a dead node stays RUNNING, then COMPLETING, to Parsl
+    until Slurm notices the node (SlurmdTimeout and more; ~45 s here with 10 s), and Parsl starts no
+    replacement meanwhile. Returns the job ids cancelled."""
+    managers = failures.take_lost_pools()
+    cancelled = []
+    for ex in dfk.executors.values() if managers else ():
+        provider, to_job = getattr(ex, "provider", None), getattr(ex, "blocks_to_job_id", None)
+        logdir = getattr(ex, "worker_logdir", None)
+        if provider is None or not to_job or not isinstance(logdir, str):
+            continue
+        for manager in managers:
+            # A pool logs to <logdir>/block-<block id>/<manager id>/: that names the block it belonged to.
+            for found in Path(logdir).glob(f"block-*/{manager}"):
+                job = to_job.get(found.parent.name.removeprefix("block-"))
+                info = provider.resources.get(job) if job is not None else None
+                if info is not None and not info["status"].terminal:
+                    provider.cancel([job])
+                    cancelled.append(str(job))
+    return cancelled
+
+
+def _wait_all(futures: dict[Future, TaskOutcome], timeout: float, on_progress,
+              watch: BlockWatch | None = None, on_look: Callable[[], object] | None = None) -> None:
     deadline = time.monotonic() + timeout
+    next_look = time.monotonic() + WATCH_PERIOD
     pending = set(futures)
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
-            for fut in pending:
-                futures[fut].error = f"not finished when the run's time limit ({timeout:.0f}s) ran out"
+            _give_up(futures, pending, f"not finished when the run's time limit ({timeout:.0f}s) ran out")
             return
         done, pending = wait(pending, timeout=min(left, 1.0))
         if on_progress:
             on_progress(len(futures) - len(pending), len(futures))
+        if watch is not None and pending and time.monotonic() >= next_look:
+            next_look = time.monotonic() + WATCH_PERIOD
+            if on_look:
+                on_look()
+            reason = watch.check()
+            if reason:
+                _give_up(futures, pending, f"not run: {reason}")
+                return
+
+
+def _give_up(futures: dict[Future, TaskOutcome], pending, reason: str) -> None:
+    for fut in pending:
+        outcome = futures[fut]
+        if outcome.returned is None:
+            outcome.error, outcome.returned = reason, time.time()
 
 
 def _write_manifest(workdir: Path, created: list[Path]) -> None:

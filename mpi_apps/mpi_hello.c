@@ -16,7 +16,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,8 @@
 
 #define PROG "mpi_hello"
 #define TASK_ID_MAX 128
+/* Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.faults.FAIL_EXIT_CODE). */
+#define FAIL_EXIT_CODE 3
 
 static const char *const GPU_VARS[] = {
     "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
@@ -41,12 +45,18 @@ static const char *const GPU_VARS[] = {
 enum work_kind { WORK_NONE, WORK_BUSY, WORK_SLEEP };
 static const char *const WORK_NAMES[] = {"none", "busy", "sleep"};
 
+enum fail_mode { FAIL_EXIT, FAIL_SEGV };
+
 struct options {
     const char *task;
     const char *out_dir;
     int affinity_only;
     enum work_kind work;
     double seconds;
+    long fail_rank; /* -1: no rank fails */
+    enum fail_mode fail_mode;
+    const char *fail_once_marker;
+    int fail_mode_given;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -148,12 +158,17 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: " PROG " [--task ID] [--affinity] [--busy SECONDS | --sleep SECONDS] [--out DIR]\n"
+            "       [--fail-rank R [--fail-mode exit|segv] [--fail-once-marker PATH]]\n"
             "  --task ID         task id in the record (default: $FLUXMPI_TASK_ID, else 0);\n"
             "                    letters, digits, '_', '.', '-', not starting with '.' or '-'\n"
             "  --affinity        report only app, task, host, rank, size, pid, cpus\n"
             "  --busy SECONDS    spin the CPU for SECONDS before finishing\n"
             "  --sleep SECONDS   sleep for SECONDS before finishing\n"
-            "  --out DIR         write DIR/<task>.<rank>.json instead of a line on stdout\n");
+            "  --out DIR         write DIR/<task>.<rank>.json instead of a line on stdout\n"
+            "  --fail-rank R     rank R fails right after MPI_Init (fault injection)\n"
+            "  --fail-mode MODE  how it fails: exit (code 3, default) or segv (a real segfault)\n"
+            "  --fail-once-marker PATH\n"
+            "                    fail only if PATH does not exist, creating it (a retry then succeeds)\n");
 }
 
 static void bad_usage(const char *fmt, ...)
@@ -194,6 +209,16 @@ static double parse_seconds(const char *opt, const char *text)
     return v;
 }
 
+static long parse_rank(const char *opt, const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || errno == ERANGE || v < 0 || v > INT_MAX)
+        bad_usage("%s needs a rank (a whole number from 0), got '%s'", opt, text);
+    return v;
+}
+
 /* Matches "--name VALUE" and "--name=VALUE"; returns the value or NULL. */
 static const char *option_value(int argc, char **argv, int *i, const char *name)
 {
@@ -214,6 +239,8 @@ static void parse_args(int argc, char **argv, struct options *opt)
     const char *v;
     memset(opt, 0, sizeof *opt);
     opt->work = WORK_NONE;
+    opt->fail_rank = -1;
+    opt->fail_mode = FAIL_EXIT;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
@@ -237,10 +264,26 @@ static void parse_args(int argc, char **argv, struct options *opt)
                 bad_usage("--busy and --sleep exclude each other");
             opt->work = WORK_SLEEP;
             opt->seconds = parse_seconds("--sleep", v);
+        } else if ((v = option_value(argc, argv, &i, "--fail-rank"))) {
+            opt->fail_rank = parse_rank("--fail-rank", v);
+        } else if ((v = option_value(argc, argv, &i, "--fail-mode"))) {
+            if (strcmp(v, "exit") == 0)
+                opt->fail_mode = FAIL_EXIT;
+            else if (strcmp(v, "segv") == 0)
+                opt->fail_mode = FAIL_SEGV;
+            else
+                bad_usage("--fail-mode must be exit or segv, got '%s'", v);
+            opt->fail_mode_given = 1;
+        } else if ((v = option_value(argc, argv, &i, "--fail-once-marker"))) {
+            if (*v == '\0')
+                bad_usage("--fail-once-marker needs a file path, got ''");
+            opt->fail_once_marker = v;
         } else {
             bad_usage("unknown argument '%s'", arg);
         }
     }
+    if (opt->fail_rank < 0 && (opt->fail_mode_given || opt->fail_once_marker))
+        bad_usage("--fail-mode and --fail-once-marker need --fail-rank");
     if (opt->task) {
         if (!valid_task_id(opt->task))
             bad_usage("invalid --task '%s'", opt->task);
@@ -346,6 +389,33 @@ static void do_work(enum work_kind kind, double seconds)
     }
 }
 
+/* ---- fault injection ---------------------------------------------------- */
+
+/* The chosen rank fails on purpose, as a crashing application would: no record, no MPI_Finalize. With a
+ * marker file it fails only the first time (the file is created atomically, so exactly one attempt fails). */
+static void maybe_fail(const struct options *opt, int rank, const char *host)
+{
+    if (opt->fail_rank != rank)
+        return;
+    if (opt->fail_once_marker) {
+        int fd = open(opt->fail_once_marker, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd < 0) {
+            if (errno == EEXIST)
+                return; /* failed once already: this attempt runs normally */
+            die("cannot create --fail-once-marker '%s': %s", opt->fail_once_marker, strerror(errno));
+        }
+        close(fd);
+    }
+    fprintf(stderr, PROG ": rank %d on %s fails on purpose (--fail-rank %ld --fail-mode %s)\n", rank, host,
+            opt->fail_rank, opt->fail_mode == FAIL_SEGV ? "segv" : "exit");
+    fflush(stderr);
+    if (opt->fail_mode == FAIL_SEGV) {
+        *(volatile int *)NULL = 1; /* a real invalid access, not a raised signal */
+        raise(SIGSEGV);
+    }
+    exit(FAIL_EXIT_CODE);
+}
+
 /* ---- output ------------------------------------------------------------- */
 
 static int write_all(int fd, const char *data, size_t len)
@@ -449,6 +519,7 @@ int main(int argc, char **argv)
     if (gethostname(host, sizeof host) != 0)
         die("gethostname failed: %s", strerror(errno));
     host[HOST_NAME_MAX] = '\0';
+    maybe_fail(&opt, rank, host);
 
     struct buf rec = {0};
     buf_append(&rec, "{\"app\": \"c\", \"task\": ", 21);

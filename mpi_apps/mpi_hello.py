@@ -28,6 +28,8 @@ GPU_VARS = (
 # The task id becomes part of a file name: keep it to a safe, short alphabet
 # (the same rule as mpi_hello.c and fluxmpi/mpi_apps.py).
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.faults.FAIL_EXIT_CODE).
+FAIL_EXIT_CODE = 3
 
 
 def task_id(text):
@@ -51,6 +53,16 @@ def seconds(text):
     return value
 
 
+def rank_number(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a rank (a whole number from 0), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"needs a rank (a whole number from 0), got {text!r}")
+    return value
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="mpi_hello.py",
@@ -65,9 +77,19 @@ def parse_args(argv):
     work.add_argument("--busy", type=seconds, metavar="SECONDS", help="spin the CPU for SECONDS")
     work.add_argument("--sleep", type=seconds, metavar="SECONDS", help="sleep for SECONDS")
     parser.add_argument("--out", metavar="DIR", help="write DIR/<task>.<rank>.json instead of stdout")
+    parser.add_argument("--fail-rank", type=rank_number, metavar="R",
+                        help="rank R fails right after MPI_Init (fault injection)")
+    parser.add_argument("--fail-mode", choices=("exit", "segv"),
+                        help=f"how it fails: exit (code {FAIL_EXIT_CODE}, default) or segv (a real segfault)")
+    parser.add_argument("--fail-once-marker", metavar="PATH",
+                        help="fail only if PATH does not exist, creating it (a retry then succeeds)")
     args = parser.parse_args(argv)
     if args.out == "":
         parser.error("--out needs a directory, got ''")
+    if args.fail_rank is None and (args.fail_mode or args.fail_once_marker is not None):
+        parser.error("--fail-mode and --fail-once-marker need --fail-rank")
+    if args.fail_once_marker == "":
+        parser.error("--fail-once-marker needs a file path, got ''")
     if args.task is None:
         env = os.environ.get("FLUXMPI_TASK_ID", "")
         if env:
@@ -91,6 +113,26 @@ def do_work(kind, secs):
     elif kind == "sleep":
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(left)
+
+
+def maybe_fail(args, rank):
+    """The chosen rank fails on purpose, as a crashing application would: no record, no MPI.Finalize. With a
+    marker file it fails only the first time (created atomically, so exactly one attempt fails)."""
+    if args.fail_rank != rank:
+        return
+    if args.fail_once_marker:
+        try:
+            os.close(os.open(args.fail_once_marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return  # failed once already: this attempt runs normally
+    mode = args.fail_mode or "exit"
+    print(f"mpi_hello.py: rank {rank} on {socket.gethostname()} fails on purpose "
+          f"(--fail-rank {args.fail_rank} --fail-mode {mode})", file=sys.stderr, flush=True)
+    if mode == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # a real invalid access, not a raised signal
+    os._exit(FAIL_EXIT_CODE)
 
 
 def write_stdout(line):
@@ -132,6 +174,7 @@ def main(argv=None):
     t_init = time.time()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    maybe_fail(args, rank)
     # Open MPI pads the string with NULs; keep its first line only.
     library = (MPI.Get_library_version().split("\0", 1)[0].strip().splitlines() or [""])[0].strip()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 from tqdm import tqdm
 
+from ..faults import RankFault
+from ..launch.blocks import Resilience
 from ..launch.paths import PATHS
 from .. import spackenv
-from ..mpi_apps import APPS
-from ..runner import RunError, run_tasks
+from ..mpi_apps import APPS, FAIL_MODES
+from ..runner import RunError, RunInterrupted, RunResult, run_tasks
 from ..site import SiteError, open_site
 from ..spec import MPITaskSpec, SpecError
 from .common import fail
@@ -38,42 +42,120 @@ from .common import fail
               help="Env file the blocks source before starting workers (see `fluxmpi env`); checked first.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where records and Parsl logs go [./fluxmpi-runs/<time>-<path>].")
+@click.option("--run-timeout", type=float, default=3600, show_default=True,
+              help="Seconds before the run gives up on the tasks still unfinished.")
+@click.option("--resume", is_flag=True,
+              help="Skip the tasks an earlier run in --workdir finished (its run.json and rank records).")
+@click.option("--retries", type=int, default=0, show_default=True, help="Reruns of a failed task.")
+@click.option("--heartbeat-period", type=int, default=30, show_default=True,
+              help="Seconds between a worker pool's heartbeats (HTEX paths).")
+@click.option("--heartbeat-threshold", type=int, default=120, show_default=True,
+              help="Seconds without a heartbeat before a worker pool (its block's first node) is declared lost.")
+@click.option("--block-poll", "status_period", type=int, default=60, show_default=True,
+              help="Seconds between polls of the blocks' Slurm states: how soon a dead block is replaced.")
+@click.option("--max-block-failures", type=int, default=3, show_default=True,
+              help="Failed blocks in a row before the run stops replacing them and fails its tasks.")
+@click.option("--block-timeout", type=float, default=None,
+              help="Fail the waiting tasks when no block has been running for this many seconds [no limit].")
+@click.option("--app-binary", type=click.Path(dir_okay=False), default=None,
+              help="An already built C app (mpi_hello) to run instead of compiling one on the cluster.")
+@click.option("--fail-rank", type=int, default=None, help="Fault injection: this rank fails after MPI_Init.")
+@click.option("--fail-mode", type=click.Choice(FAIL_MODES), default="exit", show_default=True,
+              help="How --fail-rank fails: exit code 3, or a segfault.")
+@click.option("--fail-task", "fail_tasks", multiple=True,
+              help="Only these tasks (t0, t1, ...) get --fail-rank [all]; repeatable.")
+@click.option("--fail-once", is_flag=True, help="--fail-rank fails only a task's first attempt.")
 def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
-        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir) -> None:
+        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
+        run_timeout, resume, retries, heartbeat_period, heartbeat_threshold, status_period, max_block_failures,
+        block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once) -> None:
     """Run --repeats copies of one MPI task concurrently and check where every rank ran.
 
-    Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced.
+    Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced; 130 / 143
+    after SIGINT / SIGTERM, which cancel the run's blocks and keep run.json for --resume.
     """
     try:
         spec = MPITaskSpec.build(nodes=nodes, ranks_per_node=ranks_per_node, ranks=ranks,
                                  cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
         if repeats < 1:
             raise SpecError(f"--repeats {repeats} must be at least 1")
+        if run_timeout <= 0:
+            raise SpecError(f"--run-timeout {run_timeout:g} must be positive seconds")
+        if resume and not workdir:
+            raise SpecError("--resume needs --workdir: the directory of the run to resume")
+        resilience = Resilience(retries=retries, heartbeat_period=heartbeat_period,
+                                heartbeat_threshold=heartbeat_threshold, status_period=status_period,
+                                max_block_failures=max_block_failures, block_timeout=block_timeout)
+        fault = None
+        if fail_rank is not None:
+            fault = RankFault(fail_rank, fail_mode, tuple(fail_tasks) or None, fail_once)
+            fault.check(spec.ranks)
+            unknown = sorted(set(fail_tasks) - {f"t{i}" for i in range(repeats)})
+            if unknown:
+                raise SpecError(f"--fail-task {', '.join(unknown)}: this run's tasks are t0 to t{repeats - 1}")
+        elif fail_tasks or fail_once:
+            raise SpecError("--fail-task and --fail-once need --fail-rank")
         worker_init = ""
         if env_file:
-            path = spackenv.find_env_file(env_file)
-            spackenv.validate_env_file(path)
-            worker_init = spackenv.worker_init_line(path)
+            env_path = spackenv.find_env_file(env_file)   # not `path`: that names the launch path
+            spackenv.validate_env_file(env_path)
+            worker_init = spackenv.worker_init_line(env_path)
     except (SpecError, spackenv.EnvFileError) as err:
         fail(str(err), code=2)
     specs = [spec] * repeats
+    site_open = False
     try:
         with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name,
                        log=lambda m: click.echo(m, err=True)) as site:
+            site_open = True
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
             click.echo(f"fluxmpi: {repeats} x {spec} via {path} on {site.name}", err=True)
             with tqdm(total=repeats, desc=f"{path}", unit="task", file=click.get_text_stream("stderr"),
                       disable=None) as bar:
                 result = run_tasks(path, site, specs, app=app, workdir=workdir, sleep=sleep, busy=busy,
                                    nodes_per_block=nodes_per_block, walltime=walltime, task_timeout=task_timeout,
-                                   worker_init=worker_init,
+                                   worker_init=worker_init, run_timeout=run_timeout, resilience=resilience,
+                                   fault=fault, resume=resume, app_binary=app_binary,
+                                   log=lambda m: click.echo(m, err=True),
                                    on_progress=lambda done, total: bar.update(done - bar.n))
+    except RunInterrupted as err:
+        _report_failures(err.result)
+        done = sum(t.ok for t in err.result.tasks) if err.result else 0
+        total = len(err.result.tasks) if err.result else len(specs)
+        where = err.result.workdir if err.result else workdir
+        click.echo(f"fluxmpi: interrupted by {err.signal_name}: {done}/{total} tasks finished; the run's blocks "
+                   f"are cancelled and run.json is in {where}. Run the rest: the same command with "
+                   f"--resume --workdir {where}", err=True)
+        raise SystemExit(130 if err.signal_name == "SIGINT" else 143)
     except (SpecError, SiteError, RunError) as err:
+        if isinstance(err, SiteError) and cluster == "slurm" and not site_open:
+            # Name the Slurm that was asked: the config the environment points at.
+            conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+            fail(f"asking the Slurm of SLURM_CONF={conf}: {err}", code=1)
         fail(str(err), code=2 if isinstance(err, SpecError) else 1)
     click.echo(result.placement_report)
-    for task in result.failed:
-        click.echo(f"fluxmpi: task {task.task} failed: {task.error}", err=True)
+    _report_failures(result)
     click.echo(f"fluxmpi: {len(result.tasks) - len(result.failed)}/{len(result.tasks)} tasks ok, "
                f"{result.t_end - result.t_start:.1f}s; records and logs in {result.workdir}", err=True)
     raise SystemExit(0 if result.ok else 1)
+
+
+def _report_failures(result: RunResult | None) -> None:
+    """Failed and retried tasks, skipped ones, and nodes the run lost, on stderr."""
+    if result is None:
+        return
+    for task in result.tasks:
+        if not task.ok:
+            click.echo(f"fluxmpi: task {task.task} failed: {task.error}", err=True)
+        elif task.attempts > 1:
+            first = (task.earlier_errors or ["?"])[0].splitlines()[0][:200]
+            click.echo(f"fluxmpi: task {task.task} succeeded on attempt {task.attempts} (first failure: {first})",
+                       err=True)
+    if result.skipped:
+        click.echo(f"fluxmpi: skipped {len(result.skipped)} task(s) that finished in the earlier run", err=True)
+    for node, state in result.lost_nodes.items():
+        click.echo(f"fluxmpi: node {node} was lost during the run: {state}", err=True)
+    for job in result.retired_jobs:
+        click.echo(f"fluxmpi: cancelled block job {job} (its worker pool stopped answering) so a new one could "
+                   f"take its tasks", err=True)
 

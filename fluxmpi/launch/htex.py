@@ -11,7 +11,7 @@ from parsl.config import Config
 from parsl.executors import MPIExecutor
 
 from ..site import Site
-from .blocks import BlockShape, slurm_provider
+from .blocks import BlockShape, Resilience, slurm_provider
 
 LAUNCHERS = ("srun", "mpiexec")
 
@@ -19,7 +19,7 @@ LAUNCHERS = ("srun", "mpiexec")
 def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: int | None = None,
                     blocks: int = 1, walltime: int | str = 1800, worker_init: str = "",
                     run_dir: str = "runinfo", label: str = "htex_mpi",
-                    heartbeat_threshold: int = 120) -> Config:
+                    heartbeat_threshold: int | None = None, resilience: Resilience | None = None) -> Config:
     """A Parsl Config running MPI tasks through MPIExecutor + SlurmProvider.
 
     site: where to run (partition, node size, address compute nodes use to reach this process).
@@ -28,7 +28,11 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
     blocks: blocks held for the whole run (keep 1: the pool's MPI scheduler works per block).
     walltime: of each block, seconds or Slurm form ("00:30:00").
     worker_init: extra shell lines run in each block before the worker pool (e.g. `source env.sh`).
+    resilience: heartbeats, block status polling and tolerated block failures [Resilience()];
+        heartbeat_threshold, if given, overrides its threshold.
     """
+    res = resilience or Resilience()
+    threshold = heartbeat_threshold or res.heartbeat_threshold
     if mpi_launcher not in LAUNCHERS:
         raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {LAUNCHERS}")
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
@@ -38,8 +42,10 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
         # Each task holds at least one node, so a block never runs more tasks than it has nodes.
         max_workers_per_block=shape.nodes_per_block,
         mpi_launcher=mpi_launcher,
-        provider=slurm_provider(site, shape, worker_init),
-        heartbeat_threshold=heartbeat_threshold,
+        provider=slurm_provider(site, shape, worker_init, status_period=res.status_period),
+        heartbeat_threshold=threshold,
+        heartbeat_period=min(res.heartbeat_period, threshold - 1),
+        block_error_handler=res.block_error_handler(),
     )
     return Config(executors=[executor], run_dir=run_dir, strategy="simple", max_idletime=3600,
                   initialize_logging=True)

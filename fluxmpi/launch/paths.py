@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from parsl.config import Config
 
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
+from .blocks import Resilience
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Plan:
     walltime: int | str = 1800
     worker_init: str = ""
     run_dir: str = "runinfo"
+    resilience: Resilience = field(default_factory=Resilience)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class LaunchPath:
     # resource_spec), and extra keyword arguments for the task bodies (fluxmpi.apps).
     site_resource_spec: Callable[[MPITaskSpec, Site], dict | None] | None = None
     task_kwargs: Callable[[Site, Plan], dict] | None = None
+    # Whether the executor starts a new block when one ends (node failure, walltime); FluxExecutor does not.
+    replaces_blocks: bool = True
 
     def resources(self, spec: MPITaskSpec, site: Site) -> dict | None:
         """The resource_specification a task of `spec` is submitted with on `site`."""
@@ -92,14 +96,15 @@ def _htex_config(mpi_launcher: str):
         from .htex import htex_mpi_config
         return htex_mpi_config(site, mpi_launcher=mpi_launcher, nodes_per_block=plan.nodes_per_block,
                                blocks=plan.blocks, walltime=plan.walltime, worker_init=plan.worker_init,
-                               run_dir=plan.run_dir, label=f"htex_{mpi_launcher}")
+                               run_dir=plan.run_dir, label=f"htex_{mpi_launcher}", resilience=plan.resilience)
     return build
 
 
 def _static_config(site: Site, plan: Plan) -> Config:
     from .static import static_blocks_config
     return static_blocks_config(site, nodes_per_block=plan.nodes_per_block, blocks=plan.blocks,
-                                walltime=plan.walltime, worker_init=plan.worker_init, run_dir=plan.run_dir)
+                                walltime=plan.walltime, worker_init=plan.worker_init, run_dir=plan.run_dir,
+                                resilience=plan.resilience)
 
 
 def _plain_config(site: Site, plan: Plan) -> Config:
@@ -151,7 +156,7 @@ PATHS: dict[str, LaunchPath] = {
                         "mpirun-local", _plain_config, _plan_plain, lambda spec: None, "htex_plain"),
     "flux": LaunchPath("flux", "FluxExecutor + SlurmProvider: a Flux instance per block places the ranks (Flux PMI)",
                        "flux", _flux_config, _plan_flux, MPITaskSpec.flux_executor_spec, "flux",
-                       site_resource_spec=_flux_resources, task_kwargs=_flux_task_kwargs),
+                       site_resource_spec=_flux_resources, task_kwargs=_flux_task_kwargs, replaces_blocks=False),
 }
 
 

@@ -11,25 +11,30 @@ from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 
 from ..site import Site
-from .blocks import BlockShape, slurm_provider
+from .blocks import BlockShape, Resilience, slurm_provider
 
 
 
 def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, walltime: int | str = 1800,
                          worker_init: str = "", run_dir: str = "runinfo", label: str = "htex_static",
-                         heartbeat_threshold: int = 120) -> Config:
+                         heartbeat_threshold: int | None = None,
+                         resilience: Resilience | None = None) -> Config:
     """A Parsl Config where each of `blocks` blocks runs one MPI task at a time over its `nodes_per_block` nodes.
 
     Tasks must ask for exactly nodes_per_block nodes (fluxmpi checks this before submitting): a smaller task
-    would leave nodes idle, a larger one cannot fit.
+    would leave nodes idle, a larger one cannot fit. resilience: as for htex.htex_mpi_config.
     """
+    res = resilience or Resilience()
+    threshold = heartbeat_threshold or res.heartbeat_threshold
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
     executor = HighThroughputExecutor(
         label=label,
         address=site.address,
         max_workers_per_node=1,
         cores_per_worker=1,
-        provider=slurm_provider(site, shape, worker_init),
-        heartbeat_threshold=heartbeat_threshold,
+        provider=slurm_provider(site, shape, worker_init, status_period=res.status_period),
+        heartbeat_threshold=threshold,
+        heartbeat_period=min(res.heartbeat_period, threshold - 1),
+        block_error_handler=res.block_error_handler(),
     )
     return Config(executors=[executor], run_dir=run_dir, strategy="simple", max_idletime=3600)

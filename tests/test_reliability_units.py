@@ -1,0 +1,114 @@
+"""The reliability pieces that need no cluster: what a resumed run skips, how launcher failures are read, how
+block failures are tolerated. Inputs are real files and launcher output captured on the local cluster."""
+
+import json
+
+import pytest
+from parsl.jobs.states import JobState, JobStatus
+
+from fluxmpi.apps import launcher_failures
+from fluxmpi.faults import RankFault, as_faults, task_fault_options
+from fluxmpi.launch.blocks import Resilience
+from fluxmpi.resume import ResumeError, finished_tasks
+from fluxmpi.spec import MPITaskSpec, SpecError
+
+SPEC = MPITaskSpec(nodes=1, ranks_per_node=2)
+
+
+def record(task: str, rank: int, size: int = 2, host: str = "n1") -> dict:
+    return {"app": "c", "task": task, "host": host, "rank": rank, "size": size, "pid": 100 + rank, "cpus": [rank],
+            "t_init": 10.0, "t_end": 11.0}
+
+
+def write_run(workdir, tasks: list[dict]) -> None:
+    workdir.mkdir(exist_ok=True)
+    (workdir / "run.json").write_text(json.dumps({"tasks": tasks}))
+
+
+def test_resume_skips_what_run_json_says_finished(tmp_path):
+    write_run(tmp_path, [{"task": "t0", "spec": SPEC.to_dict(), "ok": True, "returned": 5.0, "result": {"x": 1}},
+                         {"task": "t1", "spec": SPEC.to_dict(), "ok": False, "returned": 6.0, "error": "boom"}])
+    done = finished_tasks(tmp_path, ["t0", "t1", "t2"], [SPEC] * 3)
+    assert set(done) == {"t0"} and done["t0"]["result"] == {"x": 1}
+
+
+def test_resume_trusts_complete_rank_records_when_run_json_has_no_word(tmp_path):
+    """A run killed before it could write run.json (SIGKILL): the ranks' own records tell what finished."""
+    (tmp_path / "manifest.json").write_text("{}")
+    records = tmp_path / "records"
+    records.mkdir()
+    for task, ranks in (("t0", [0, 1]), ("t1", [0])):      # t1 lost a rank: not finished
+        for rank in ranks:
+            (records / f"{task}.{rank}.json").write_text(json.dumps(record(task, rank)))
+    done = finished_tasks(tmp_path, ["t0", "t1"], [SPEC] * 2)
+    assert set(done) == {"t0"} and done["t0"]["result"]["from_records"]
+
+
+def test_resume_does_not_resurrect_a_task_run_json_says_failed(tmp_path):
+    write_run(tmp_path, [{"task": "t0", "spec": SPEC.to_dict(), "ok": False, "returned": 6.0, "error": "boom"}])
+    (tmp_path / "records").mkdir()
+    for rank in (0, 1):   # records of an earlier attempt, all ranks: still the run said it failed
+        (tmp_path / "records" / f"t0.{rank}.json").write_text(json.dumps(record("t0", rank)))
+    assert finished_tasks(tmp_path, ["t0"], [SPEC]) == {}
+
+
+def test_resume_refuses_a_workdir_of_other_tasks_or_no_run(tmp_path):
+    write_run(tmp_path / "a", [{"task": "t0", "spec": MPITaskSpec(2, 1).to_dict(), "ok": True}])
+    with pytest.raises(ResumeError, match="task t0 of the run in .* was 2x1 .*, this run asks 1x2"):
+        finished_tasks(tmp_path / "a", ["t0"], [SPEC])
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ResumeError, match="holds no earlier run"):
+        finished_tasks(tmp_path / "b", ["t0"], [SPEC])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "run.json").write_text("{not json")
+    with pytest.raises(ResumeError, match="is not a fluxmpi run record"):
+        finished_tasks(tmp_path / "c", ["t0"], [SPEC])
+
+
+# stderr of failed tasks, as srun and Open MPI's mpirun printed it on the local cluster
+SRUN_NODE_FAILURE = """salloc: error: Node failure on fxreltn2
+srun: error: Node failure on fxreltn2
+slurmstepd-fxreltn1: error: *** STEP 5.0 ON fxreltn1 CANCELLED AT 2026-11-21T21:14:06 DUE TO NODE FAILURE ***
+srun: Job step aborted: Waiting up to 7 seconds for job step to finish.
+srun: error: fxreltn1: tasks 0-1: Terminated"""
+SRUN_EXIT = """mpi_hello: rank 1 on fxreltn1 fails on purpose (--fail-rank 1 --fail-mode exit)
+srun: error: fxreltn1: task 1: Exited with exit code 3
+slurmstepd-fxreltn1: error:  mpi/pmix_v4: _errhandler: fxreltn1 [0]: pmixp_client_v2.c:211: Error handler invoked
+srun: error: fxreltn1: task 0: Killed
+srun: error: fxreltn2: tasks 2-3: Killed"""
+OMPI_SEGV = ("mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 11 (Segmentation fault).")
+
+
+@pytest.mark.parametrize("stderr, first", [
+    (SRUN_NODE_FAILURE, ("?", "fxreltn2", "node failure")),
+    (SRUN_EXIT, ("1", "fxreltn1", "Exited with exit code 3")),
+    (OMPI_SEGV, ("1", "vm", "exited on signal 11 (Segmentation fault)")),
+])
+def test_launcher_failures_name_rank_node_and_cause(stderr, first):
+    found = launcher_failures(stderr)
+    assert found[0] == first, found
+
+
+def test_one_failed_block_is_tolerated_three_in_a_row_are_not():
+    class Executor:   # only what Parsl's error handler touches: recorded, not simulated behaviour
+        def __init__(self):
+            self.bad = None
+
+        def set_bad_state_and_fail_all(self, err):
+            self.bad = err
+    handler = Resilience(max_block_failures=3).block_error_handler()
+    failed, running = JobStatus(JobState.FAILED, message="NODE_FAIL"), JobStatus(JobState.RUNNING)
+    ex = Executor()
+    handler(ex, {"0": failed, "1": running})
+    assert ex.bad is None
+    handler(ex, {"0": failed, "1": failed, "2": failed})
+    assert ex.bad is not None
+
+
+def test_faults_choose_the_first_that_applies():
+    faults = as_faults([RankFault(1, "segv", ("t0",)), RankFault(0, "exit", once=True)])
+    assert task_fault_options(faults, "t0", "/m") == {"fail_rank": 1, "fail_mode": "segv"}
+    assert task_fault_options(faults, "t3", "/m") == {"fail_rank": 0, "fail_mode": "exit",
+                                                      "fail_once_marker": "/m/t3.failed-once"}
+    with pytest.raises(SpecError, match="is not a RankFault"):
+        as_faults(["t0"])
