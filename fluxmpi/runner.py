@@ -26,7 +26,8 @@ from . import placement
 from .apps import compile_app, run_mpi_task
 from .faults import RankFault, as_faults, task_fault_options
 from .launch.blocks import ACTIVE_STATES, BlockWatch, Resilience, any_unresponsive, job_states
-from .launch.gate import NodeGate
+from .launch.gate import NodeGate, check_policy
+from .launch.flux import flux_instance_gone, flux_lost_nodes, instance_gone_note
 from .launch.paths import LaunchPath, get_path
 from .mpi_apps import app_command
 from .resume import finished_tasks
@@ -212,7 +213,7 @@ class _SignalGuard:
         return False
 
 
-def _check_app_binary(app: str, app_binary) -> Path | None:
+def check_app_binary(app: str, app_binary) -> Path | None:
     """An already built C app to run instead of compiling: it must exist and be executable, before any job."""
     if app_binary is None:
         return None
@@ -232,15 +233,19 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
               on_progress: Callable[[int, int], None] | None = None, retries: int | None = None,
               resilience: Resilience | None = None, fault: RankFault | list[RankFault] | None = None,
               resume: bool = False,
-              app_binary: str | os.PathLike | None = None,
-              log: Callable[[str], None] | None = None) -> RunResult:
+              app_binary: str | os.PathLike | None = None, admission: str = "largest-first",
+              log: Callable[[str], None] | None = None,
+              before_load: Callable[[], object] | None = None) -> RunResult:
     """Run `specs` concurrently through `path` on `site`; returns timings, outcomes and the placement check.
 
     retries: reruns of a failed task (overrides resilience.retries). resilience: heartbeats, how blocks are
     watched and replaced, block_timeout (fluxmpi.launch.blocks.Resilience). fault: make one rank of chosen tasks
     fail (fluxmpi.faults.RankFault; given several, a task gets the first that applies to it). resume: skip the
     tasks an earlier run in `workdir` finished. app_binary: a built C app to run instead of compiling one on the
-    cluster. log: where notes for the user go.
+    cluster. admission: which waiting task the node gate admits first (fluxmpi.launch.gate). log: where notes for
+    the user go. before_load: called once, after every input check and right
+    before parsl.load submits the blocks (e.g. a warm hold's hand-over, fluxmpi.slurm.WarmHold.hand_over); it is
+    not called when the input is refused or nothing is left to run.
     SIGINT / SIGTERM: the blocks are cancelled, run.json written, and RunInterrupted raised (result attached).
     """
     lp = get_path(path) if isinstance(path, str) else path
@@ -252,8 +257,9 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     for f in faults:
         for spec in specs:
             f.check(spec.ranks)
-    binary = _check_app_binary(app, app_binary)
+    binary = check_app_binary(app, app_binary)
     parse_walltime(walltime)                            # the blocks' walltime, checked before the config is built
+    check_policy(admission)
     if resume and workdir is None:
         raise SpecError("resume needs the workdir of the run to resume: give --workdir")
     workdir = Path(workdir or default_workdir(lp.name)).resolve()
@@ -302,9 +308,11 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             config = lp.build_config(site, plan)
             config.retries = res.retries
             config.retry_handler = failures.note   # Parsl forgets a retried task's earlier errors
+            if before_load is not None:
+                before_load()     # inside the guard: Ctrl-C while it waits still ends the run cleanly
             dfk = parsl.load(config)
             state["t_loaded"] = time.time()
-            gate = NodeGate(plan.gate_capacity) if plan.gate_capacity else None
+            gate = NodeGate(plan.gate_capacity, policy=admission) if plan.gate_capacity else None
             watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout)
             run_app = _python_app(run_mpi_task, lp.label)
             task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
@@ -391,14 +399,23 @@ class _RunJsonWriter:
         records = placement.Records([r for r in records.records if r.task not in failed], records.problems)
         expected = {o.task: specs[int(o.task[1:])] for o in self.outcomes if o.ok}
         report = placement.check_run(records, expected)
+        leaders: set[str] = set()
         for o in self.outcomes if watch else ():
             # Failures as a block died are the block's doing: say so (the executors' own words can be obscure).
             ending = watch.ending_near(o.returned, 2 * WATCH_PERIOD) if not o.ok and o.returned else None
             if ending and "block" not in (o.error or ""):
                 o.error = f"{o.error} [its block ended: {ending}]"
+            elif not o.ok and not state["interrupted"] and flux_instance_gone(o.error):
+                leaders.update(watch.first_nodes.values())     # Flux path: its block ran on, its leader did not
+                o.error = f"{o.error} [{instance_gone_note(watch.first_nodes.values())}]"
         lost = dict(watch.lost_nodes) if watch else {}
+        for host in leaders:
+            lost.setdefault(host, "the block's first node: the Flux instance's leader broker on it stopped answering")
         for host in _pool_hosts_lost(self.outcomes):
             lost.setdefault(host, "its worker pool stopped answering (no heartbeat); Slurm had not marked it")
+        # Flux drops a dead broker within a second; Slurm may not mark its node until SlurmdTimeout later.
+        for host, why in flux_lost_nodes(e for o in self.outcomes for e in [*o.earlier_errors, o.error]).items():
+            lost.setdefault(host, why)
         result = RunResult(path=self.path, site=self.site, workdir=str(self.workdir), t_start=self.t_start,
                            t_loaded=state["t_loaded"] or self.t_start, t_compiled=state["t_compiled"],
                            t_first_result=min(returned) if returned else None, t_end=t_end,

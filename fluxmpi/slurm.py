@@ -361,6 +361,23 @@ class WarmHold:
         self.release()
         return warm
 
+    def hand_over(self, timeout: float = DEFAULT_WARM_TIMEOUT, log: Callable[[str], None] | None = None) -> bool:
+        """release_when_warm() for a run about to submit its blocks, saying what it waits for and how it went.
+        The wait is bounded by `timeout` and by what is left of the hold's duration (it ends by itself then)."""
+        left = max(1.0, self.submitted + self.duration - time.time())
+        bound = min(timeout, left)
+        if log:
+            log(f"fluxmpi: waiting (at most {bound:.0f}s) for the {self.nodes} node(s) of warm hold {self.job_id} "
+                "to be powered up, then releasing it for the blocks")
+        warm = self.release_when_warm(bound)
+        if log:
+            if warm:
+                log(f"fluxmpi: {self.nodes} node(s) warm ({self.hostlist}) {self.warm_at - self.submitted:.1f}s "
+                    f"after the hold was submitted; released hold {self.job_id}: submitting the blocks")
+            else:
+                log(f"fluxmpi: warning: the warm hold gave no warm nodes, the blocks start cold: {self.problem}")
+        return warm
+
     def release(self, wait: bool = True, timeout: float = RELEASE_TIMEOUT) -> None:
         """End the hold now and, with `wait`, until its nodes are free for the next job. Idempotent."""
         if self._beat:
@@ -389,6 +406,16 @@ class WarmHold:
 def check_nodes(nodes) -> int:
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise WarmError(f"nodes {nodes!r} to warm: give a whole number of at least 1")
+    return nodes
+
+
+def check_warm_nodes(nodes, available: int | None = None, where: str = "", option: str = "--warm") -> int:
+    """A run's `--warm N`: a whole number from 1 to the `available` nodes of `where` (more could never be
+    allocated together: the hold would pend and warm nothing). Without `available`, only the lower bound."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise WarmError(f"{option} {nodes!r}: give the number of nodes to warm, at least 1")
+    if available is not None and nodes > available:
+        raise WarmError(f"{option} {nodes}: {where} has {available} node(s); give {option} 1..{available}")
     return nodes
 
 

@@ -127,13 +127,21 @@ def test_lower_bound_is_area_or_longest_task():
         metrics.lower_bound([1], [1], 0)
 
 
-def test_first_fit_fills_gaps_with_later_tasks():
+@pytest.mark.parametrize("policy", ["largest-first", "in-order"])
+def test_packing_fills_gaps_with_later_tasks(policy):
     # 3 runs with 1 beside it, then the two 2-node tasks together
-    assert metrics.first_fit_makespan([3, 2, 1, 2], [1, 1, 1, 1], 4) == pytest.approx(2)
+    assert metrics.packed_makespan([3, 2, 1, 2], [1, 1, 1, 1], 4, policy) == pytest.approx(2)
     # nothing fits beside a 4-node task
-    assert metrics.first_fit_makespan([4, 1, 4], [2, 1, 2], 4) == pytest.approx(5)
+    assert metrics.packed_makespan([4, 1, 4], [2, 1, 2], 4, policy) == pytest.approx(5)
     with pytest.raises(ValueError):
-        metrics.first_fit_makespan([5], [1], 4)
+        metrics.packed_makespan([5], [1], 4, policy)
+
+
+def test_largest_first_packs_what_submission_order_cannot():
+    # In order, the two 1-node tasks start together and each 3-node task then runs alone: 3 rounds.
+    # Largest first pairs each 3 with a 1: 2 rounds, the lower bound.
+    assert metrics.packed_makespan([1, 1, 3, 3], [1] * 4, 4, "in-order") == pytest.approx(3)
+    assert metrics.packed_makespan([1, 1, 3, 3], [1] * 4, 4) == pytest.approx(2)
 
 
 def test_summary_of_a_run():
@@ -323,3 +331,12 @@ def test_cli_refuses_bad_input_before_any_cluster():
         result = runner.invoke(bench, args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith("fluxmpi: error: ") and words in result.output
+
+
+def test_the_mpirun_baseline_gives_mpirun_the_whole_allocation():
+    # Inside its one-task step the driver would otherwise show mpirun one node with one slot.
+    from fluxmpi.bench.mpirun_driver import allocation_env
+    env = allocation_env(["n1", "n2", "n3"], 2)
+    assert env["SLURM_NODELIST"] == "n1,n2,n3" and env["SLURM_NNODES"] == "3"
+    assert env["SLURM_TASKS_PER_NODE"] == "2(x3)" and env["SLURM_NTASKS"] == "6"
+    assert env["SLURM_OVERLAP"] == "1"

@@ -18,6 +18,7 @@ from fluxmpi.apps import MPITaskFailed, TaskInitFailed, run_flux_rank, run_mpi_t
 from fluxmpi.launch import flux_install
 from fluxmpi.launch.flux import (FLUX_EXECUTOR_KEYS, broker_launch_cmd, callback_address, check_exclusive_fits,
                                  flux_client_env, flux_config, flux_resource_spec, task_init)
+from fluxmpi.launch.blocks import Resilience
 from fluxmpi.launch.flux_install import (FluxInstall, FluxSetupError, check_versions, find_flux,
                                          flux_command_version, parse_flux_version, release)
 from fluxmpi.launch.flux_local import flux_local_config, local_launch_cmd
@@ -211,7 +212,12 @@ def test_broker_launch_command_one_broker_per_node_then_parsls_fields():
     cmd = broker_launch_cmd(INSTALL, nodes=3, cores_per_node=2, address="10.77.9.1")
     filled = cmd.format(flux="/opt/flux/bin/flux", python="/py", manager="/m.py", protocol="tcp", port=5555)
     assert filled == ("srun --mpi=pmi2 --nodes=3 --ntasks=3 --ntasks-per-node=1 --cpus-per-task=2 "
-                      "--cpu-bind=none /opt/flux/bin/flux start /py /m.py tcp 10.77.9.1 5555")
+                      "--cpu-bind=none --no-kill /opt/flux/bin/flux start /py /m.py tcp 10.77.9.1 5555")
+    # With a link timeout, each broker drops a peer that leaves data unacknowledged that long.
+    timed = broker_launch_cmd(INSTALL, 3, 2, "10.77.9.1", link_timeout=12)
+    assert " start -Stbon.tcp_user_timeout=12s {python} " in timed
+    with pytest.raises(SpecError, match="link_timeout=0"):
+        broker_launch_cmd(INSTALL, 3, 2, "10.77.9.1", link_timeout=0)
     # The hostname field is replaced by the address, so the node never resolves this host's name itself.
     assert "{hostname}" not in cmd
     with pytest.raises(FluxSetupError, match="not a host name or IP address"):
@@ -246,6 +252,13 @@ def test_config_builds_a_flux_executor_on_one_exclusive_slurm_block(tmp_path, mo
     assert provider.exclusive and provider.init_blocks == provider.max_blocks == 1
     assert "source /site/env.sh" in provider.worker_init and "export A=1" in provider.worker_init
     assert "FLUX_SSH_RCMD" not in os.environ  # apply_env=False leaves this process alone
+    # A node that fails takes neither the block nor the broker step with it; the brokers' link timeout is the
+    # run's heartbeat threshold (Resilience's default 120 s).
+    assert {"#SBATCH --no-requeue", "#SBATCH --no-kill"} <= set(provider.scheduler_options.splitlines())
+    assert "--no-kill" in ex.launch_cmd and "-Stbon.tcp_user_timeout=120s" in ex.launch_cmd
+    short = flux_config(s, run_dir=str(tmp_path / "r2"), install=INSTALL, apply_env=False,
+                        resilience=Resilience(heartbeat_period=2, heartbeat_threshold=9))
+    assert "-Stbon.tcp_user_timeout=9s" in never_started(short.executors[0]).launch_cmd
 
 
 def test_config_exports_what_the_ssh_connector_reads(tmp_path, monkeypatch):

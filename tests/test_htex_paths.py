@@ -16,7 +16,7 @@ from fluxmpi.launch.paths import Plan
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import _cleanup_parsl, run_tasks
 from fluxmpi.site import Site
-from fluxmpi.spec import MPITaskSpec
+from fluxmpi.spec import MPITaskSpec, SpecError
 
 pytestmark = pytest.mark.cluster
 
@@ -111,3 +111,44 @@ def test_bad_input_is_refused_before_any_job_exists(cluster, tmp_path, args, nam
     assert named in result.output
     time.sleep(0.2)
     assert job_ids(cluster) == before, "a Slurm job was submitted for bad input"
+
+
+# --- the node gate's admission order (no cluster: the gate only sees futures) ---------------------------------
+
+def _gated_run(policy: str, sizes: list[int], capacity: int = 4) -> list[int]:
+    """Submit tasks of `sizes` nodes through a NodeGate; return the order in which they were handed on."""
+    from concurrent.futures import Future
+
+    from fluxmpi.launch.gate import NodeGate
+    gate, started, inner = NodeGate(capacity, policy=policy), [], {}
+
+    def starter(i):
+        def start():
+            started.append(i)
+            inner[i] = Future()
+            return inner[i]
+        return start
+    proxies = [gate.submit(n, starter(i), label=f"task t{i}") for i, n in enumerate(sizes)]
+    deadline = time.monotonic() + 10
+    while len(started) < len(sizes) and time.monotonic() < deadline:
+        running = [i for i in started if not inner[i].done()]
+        if running:   # finish the oldest running task; the gate admits the next on its own thread
+            inner[running[0]].set_result(running[0])
+        time.sleep(0.2)
+    for i in started:
+        if not inner[i].done():
+            inner[i].set_result(i)
+    assert all(p.result(timeout=5) is not None for p in proxies)
+    return started
+
+
+@pytest.mark.parametrize("policy, order", [("largest-first", [0, 3, 1, 4, 2]), ("in-order", [0, 1, 2, 3, 4])])
+def test_gate_admits_by_its_policy(policy, order):
+    # The 4-node task t0 holds every node while the others queue; then each finish frees nodes for the next.
+    assert _gated_run(policy, [4, 1, 1, 3, 3]) == order
+
+
+def test_gate_refuses_an_unknown_policy():
+    from fluxmpi.launch.gate import NodeGate
+    with pytest.raises(SpecError, match="'smallest-first' is not known"):
+        NodeGate(4, policy="smallest-first")

@@ -68,7 +68,7 @@ def _run_script(tmp_path, *, duration=60, owner_timeout=4, beat_text="1 owner\n"
 def test_script_ends_the_hold_when_the_owner_stops_beating(tmp_path):
     rc, out, took, beat = _run_script(tmp_path, owner_timeout=4)
     assert rc == 0 and "owner silent for 4s" in out
-    assert 4 <= took < 15           # generous: the machine is shared
+    assert 3 <= took < 15           # whole seconds of bash's $SECONDS; generous above: the machine is shared
     assert not beat.exists()        # nobody is left to clean up after an abandoned hold
 
 

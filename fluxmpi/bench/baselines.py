@@ -1,7 +1,9 @@
 """The bare baselines: the same tasks with no Parsl in between, to measure what a launch path adds.
 
 bare-srun: one allocation (`salloc --no-shell`), then a loop that starts each task as an `srun --jobid` step on
-           free nodes, first-fit in submission order (the policy of fluxmpi's node gate), and waits for it.
+           free nodes, in the order of fluxmpi's node gate (fluxmpi.launch.gate.pick_next), and waits for it.
+bare-mpirun: one allocation; on its first node a loop (fluxmpi.bench.mpirun_driver) starts each task with Open
+           MPI's `mpirun --host`, in the node gate's order, as the htex-mpiexec path's worker does.
 bare-flux: one allocation, one Flux instance across it (`srun --mpi=pmi2 ... flux start`), whose initial
            program submits every task and waits for each (fluxmpi.bench.flux_driver).
 Both compile the C app on a compute node first, as the runner does, so start-up figures compare.
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..launch.gate import pick_next
 from ..mpi_apps import app_command
 from ..site import Site
 from ..spec import MPITaskSpec, format_clock
@@ -33,7 +36,7 @@ from .workload import Workload
 ALLOC_TIMEOUT = 120.0
 COMPILE_TIMEOUT = 300.0
 FLUX_BOOT_SLACK = 120.0        # a Flux instance's start and shutdown on top of the tasks' own time limit
-BASELINES = ("bare-srun", "bare-flux")
+BASELINES = ("bare-srun", "bare-mpirun", "bare-flux")
 
 
 class BaselineError(RuntimeError):
@@ -112,32 +115,36 @@ def run_bare_srun(site: Site, workload: Workload, workdir: Path, *, task_timeout
         run.t_ready = time.time()
         _srun_compile(alloc, bin_dir)
         run.tasks = [new_task(i, tid, spec, time.time()) for i, (tid, spec) in enumerate(zip(ids, specs))]
-        _SrunLoop(alloc, specs, argvs, run.tasks, task_timeout, on_progress).run(run_timeout)
+        def srun_step(i: int, nodes: list[str]) -> list[str]:
+            step = specs[i].srun_args(mpi="pmix", nodelist=nodes)
+            return [step[0], "--jobid", alloc.job_id, *step[1:], *argvs[i]]
+        LaunchLoop(alloc.nodes, specs, srun_step, run.tasks, task_timeout, on_progress, "srun").run(run_timeout)
     run.t_end = time.time()
     return _finish(run, records_dir)
 
 
-def _srun_compile(alloc: Allocation, bin_dir: Path) -> None:
+def _srun_compile(alloc: Allocation, bin_dir: Path, label: str = "bare-srun") -> None:
     code = f"from fluxmpi.mpi_apps import compile_c_app; compile_c_app({str(bin_dir)!r})"
     argv = ["srun", "--jobid", alloc.job_id, "-N", "1", "-n", "1", "--nodelist", alloc.nodes[0],
             sys.executable, "-c", code]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise BaselineError(f"bare-srun: compiling the C app on {alloc.nodes[0]} took over "
+        raise BaselineError(f"{label}: compiling the C app on {alloc.nodes[0]} took over "
                             f"{COMPILE_TIMEOUT:.0f}s") from None
     if proc.returncode != 0:
-        raise BaselineError(f"bare-srun: compiling the C app on {alloc.nodes[0]} failed: {proc.stderr.strip()}")
+        raise BaselineError(f"{label}: compiling the C app on {alloc.nodes[0]} failed: {proc.stderr.strip()}")
 
 
-class _SrunLoop:
-    """Start each task as an srun step on the first free nodes (first-fit in submission order); wait for all."""
+class LaunchLoop:
+    """Start each task with `command(index, its nodes)` (an srun step, an mpirun) on free nodes, admitted as
+    fluxmpi's node gate would, and wait for all. `launcher` names the command in errors."""
 
-    def __init__(self, alloc: Allocation, specs: list[MPITaskSpec], argvs: list[list[str]], tasks: list[dict],
-                 task_timeout: float, on_progress):
-        self.alloc, self.specs, self.argvs, self.tasks = alloc, specs, argvs, tasks
-        self.task_timeout, self.on_progress = task_timeout, on_progress
-        self.free = list(alloc.nodes)
+    def __init__(self, nodes: list[str], specs: list[MPITaskSpec], command: Callable[[int, list[str]], list[str]],
+                 tasks: list[dict], task_timeout: float, on_progress, launcher: str):
+        self.nodes, self.specs, self.command, self.tasks = list(nodes), specs, command, tasks
+        self.task_timeout, self.on_progress, self.launcher = task_timeout, on_progress, launcher
+        self.free = list(nodes)
         self.waiting = deque(range(len(specs)))
         self.running: dict[int, tuple[subprocess.Popen, list[str]]] = {}
         self.finished: deque[tuple[int, int, str, float]] = deque()   # (index, exit code, stderr tail, when)
@@ -167,14 +174,12 @@ class _SrunLoop:
                 self.tasks[i]["error"] = f"never started: the run's time limit ({run_timeout:.0f}s) ran out"
 
     def _start_what_fits(self) -> None:
-        for i in list(self.waiting):
+        while (k := pick_next([self.specs[i].nodes for i in self.waiting], len(self.free))) is not None:
+            i = self.waiting[k]
+            del self.waiting[k]
             need = self.specs[i].nodes
-            if need > len(self.free):
-                continue
             nodes, self.free = self.free[:need], self.free[need:]
-            self.waiting.remove(i)
-            step = self.specs[i].srun_args(mpi="pmix", nodelist=nodes)
-            argv = [step[0], "--jobid", self.alloc.job_id, *step[1:], *self.argvs[i]]
+            argv = self.command(i, nodes)
             self.tasks[i]["admitted"] = self.tasks[i]["launched"] = time.time()
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
@@ -195,12 +200,12 @@ class _SrunLoop:
 
     def _collect(self, i: int, code: int, err: str, when: float) -> None:
         _, nodes = self.running.pop(i)
-        self.free = sorted(self.free + nodes, key=self.alloc.nodes.index)
+        self.free = sorted(self.free + nodes, key=self.nodes.index)
         task = self.tasks[i]
         task["done"] = task["returned"] = when
         task["ok"] = code == 0
         if code != 0:
-            task["error"] = f"srun exited with code {code} on {','.join(nodes)}: {err}"
+            task["error"] = f"{self.launcher} exited with code {code} on {','.join(nodes)}: {err}"
         self.done += 1
         if self.on_progress:
             self.on_progress(self.done, len(self.specs))
@@ -235,21 +240,49 @@ def _flux_command() -> tuple[str | None, str | None]:
 
 def run_bare_flux(site: Site, workload: Workload, workdir: Path, *, task_timeout: float = 600,
                   run_timeout: float = 3600, on_progress: Callable[[int, int], None] | None = None) -> RawRun:
-    workdir = Path(workdir).resolve()
-    records_dir, bin_dir, ids, specs, argvs = _prepare(workload, workdir)
-    jobs_file, result_file, log_file = workdir / "flux-jobs.json", workdir / "flux-result.json", workdir / "flux.log"
-    jobs_file.write_text(json.dumps({
-        "tasks": [{"task": tid, "spec": spec.to_dict(), "argv": argv} for tid, spec, argv in zip(ids, specs, argvs)],
-        "bin_dir": str(bin_dir), "cwd": str(workdir), "task_timeout": task_timeout, "run_timeout": run_timeout}))
-    result_file.unlink(missing_ok=True)
-    run = RawRun("bare-flux", "baseline", "failed", workdir=str(workdir), t_start=time.time())
     flux, why_not = _flux_command()
     if flux is None:
         raise BaselineError(f"bare-flux: {why_not}")
-    with allocate(site, site.nodes, "bare-flux") as alloc:
-        argv = ["srun", "--jobid", alloc.job_id, "--mpi=pmi2", "-N", str(len(alloc.nodes)), "--ntasks-per-node=1",
+
+    def flux_instance(alloc: Allocation, jobs_file: Path, result_file: Path) -> list[str]:
+        return ["srun", "--jobid", alloc.job_id, "--mpi=pmi2", "-N", str(len(alloc.nodes)), "--ntasks-per-node=1",
                 flux, "start", sys.executable, "-m", "fluxmpi.bench.flux_driver", str(jobs_file), str(result_file)]
-        limit = run_timeout + COMPILE_TIMEOUT + FLUX_BOOT_SLACK
+    return _run_driver("bare-flux", flux_instance, site, workload, workdir, task_timeout=task_timeout,
+                       run_timeout=run_timeout, on_progress=on_progress, slack=FLUX_BOOT_SLACK)
+
+
+def run_bare_mpirun(site: Site, workload: Workload, workdir: Path, *, task_timeout: float = 600,
+                    run_timeout: float = 3600, on_progress: Callable[[int, int], None] | None = None) -> RawRun:
+    if not shutil.which("mpirun"):
+        raise BaselineError("bare-mpirun: Open MPI's mpirun is not on PATH (apt install openmpi-bin)")
+
+    def first_node_loop(alloc: Allocation, jobs_file: Path, result_file: Path) -> list[str]:
+        _srun_compile(alloc, Path(json.loads(jobs_file.read_text())["bin_dir"]), "bare-mpirun")
+        return ["srun", "--jobid", alloc.job_id, "-N", "1", "-n", "1", "--nodelist", alloc.nodes[0], "--overlap",
+                sys.executable, "-m", "fluxmpi.bench.mpirun_driver", str(jobs_file), str(result_file)]
+    return _run_driver("bare-mpirun", first_node_loop, site, workload, workdir, task_timeout=task_timeout,
+                       run_timeout=run_timeout, on_progress=on_progress, slack=COMPILE_TIMEOUT)
+
+
+def _run_driver(label: str, command: Callable[[Allocation, Path, Path], list[str]], site: Site,
+                workload: Workload, workdir: Path, *, task_timeout: float, run_timeout: float,
+                on_progress: Callable[[int, int], None] | None, slack: float) -> RawRun:
+    """Run a baseline whose loop runs inside the allocation (`command` starts it there): hand it the tasks in
+    JOBS.json, follow its progress lines, and read its RESULT.json back into task rows."""
+    workdir = Path(workdir).resolve()
+    records_dir, bin_dir, ids, specs, argvs = _prepare(workload, workdir)
+    jobs_file, result_file, log_file = (workdir / f"{label}-jobs.json", workdir / f"{label}-result.json",
+                                        workdir / f"{label}.log")
+    result_file.unlink(missing_ok=True)
+    run = RawRun(label, "baseline", "failed", workdir=str(workdir), t_start=time.time())
+    with allocate(site, site.nodes, label) as alloc:
+        jobs_file.write_text(json.dumps({
+            "tasks": [{"task": tid, "spec": spec.to_dict(), "argv": argv}
+                      for tid, spec, argv in zip(ids, specs, argvs)],
+            "nodes": alloc.nodes, "bin_dir": str(bin_dir), "cwd": str(workdir), "task_timeout": task_timeout,
+            "run_timeout": run_timeout}))
+        argv = command(alloc, jobs_file, result_file)
+        limit = run_timeout + COMPILE_TIMEOUT + slack
         with open(log_file, "w") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
             reader = threading.Thread(target=_progress_lines, args=(proc, on_progress), daemon=True)
@@ -259,22 +292,22 @@ def run_bare_flux(site: Site, workload: Workload, workdir: Path, *, task_timeout
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
-                raise BaselineError(f"bare-flux: the Flux instance did not finish within {limit:.0f}s "
+                raise BaselineError(f"{label}: the driver in job {alloc.job_id} did not finish within {limit:.0f}s "
                                     f"(log: {log_file})") from None
             reader.join(timeout=10)
     run.t_end = time.time()
     if not result_file.exists():
-        raise BaselineError(f"bare-flux: the Flux instance exited with code {proc.returncode} and no result; "
+        raise BaselineError(f"{label}: the driver exited with code {proc.returncode} and no result; "
                             f"its log: {log_file}: {_tail(log_file)}")
     result = json.loads(result_file.read_text())
     if result.get("error"):
-        raise BaselineError(f"bare-flux: {result['error']}")
+        raise BaselineError(f"{label}: {result['error']}")
     run.t_ready = result["t_ready"]
     run.tasks = []
     for i, (tid, spec) in enumerate(zip(ids, specs)):
         row = result["tasks"].get(tid, {})
         task = new_task(i, tid, spec, row.get("submitted"))
-        for key in ("launched", "done", "returned", "ok", "error"):
+        for key in ("admitted", "launched", "done", "returned", "ok", "error"):
             if row.get(key) is not None:
                 task[key] = row[key]
         if task["submitted"] is None:

@@ -18,21 +18,23 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, slurm
 from ..launch.paths import PATHS
 from ..runner import RunError, RunResult, run_tasks
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
-from . import metrics, plots, report, targets
-from .baselines import BASELINES, BaselineError, flux_unavailable_reason, run_bare_flux, run_bare_srun
+from . import metrics, plots, report, targets, warmth
+from .baselines import (BASELINES, BaselineError, flux_unavailable_reason, run_bare_flux, run_bare_mpirun,
+                        run_bare_srun)
 from .records import RawRun, fill_from_records, new_task
 from .workload import Workload
 
-BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux")
+BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux", "flux-jobs")
 NAMES = BENCH_PATHS + BASELINES
-BASELINE_OF = {"htex": "bare-srun", "htex-mpiexec": "bare-srun", "static": "bare-srun", "flux": "bare-flux"}
+BASELINE_OF = {"htex": "bare-srun", "htex-mpiexec": "bare-mpirun", "static": "bare-srun", "flux": "bare-flux",
+               "flux-jobs": "bare-flux"}
 # Each path runs right after its baseline, so both see the same machine load.
-ORDER = ("bare-srun", "htex", "htex-mpiexec", "static", "bare-flux", "flux")
+ORDER = ("bare-srun", "htex", "static", "bare-mpirun", "htex-mpiexec", "bare-flux", "flux-jobs", "flux")
 IDLE_TIMEOUT = 60.0
 
 
@@ -56,11 +58,11 @@ def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot run on this machine at all, or None."""
     if name == "flux" and "flux" not in PATHS:
         return "flux path not implemented"
-    if name in ("flux", "bare-flux"):
+    if name in ("flux", "flux-jobs", "bare-flux"):
         return flux_unavailable_reason()
     if name in ("htex", "static", "bare-srun") and not _which("srun"):
         return "srun is not on PATH: not a Slurm login node"
-    if name == "htex-mpiexec" and not _which("mpirun"):
+    if name in ("htex-mpiexec", "bare-mpirun") and not _which("mpirun"):
         return "mpirun (Open MPI) is not on PATH"
     return None
 
@@ -77,12 +79,23 @@ def _which(cmd: str) -> bool:
 
 def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: Path, *,
               task_timeout: float = 600, run_timeout: float = 3600, progress: bool = True,
-              command: str = "", log: Callable[[str], None] = print) -> dict:
-    """Run everything, write the outputs, return the bench document (what results.json holds)."""
+              command: str = "", log: Callable[[str], None] = print, warm: int | None = None,
+              compare_warm: bool = False) -> dict:
+    """Run everything, write the outputs, return the bench document (what results.json holds).
+
+    warm: each launch path run gets its own warm hold on this many nodes, handed over right before its blocks
+    are submitted (rows "PATH+warm"). compare_warm: each path runs cold, then warm, both from powered-down
+    nodes (bench/warmth.py), so their time to first result compares."""
     if not workloads:
         raise BenchError("no workloads to run")
     for wl in workloads:
         wl.check_fits(site.nodes, site.cores_per_node)
+    if compare_warm and warm is None:
+        raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
+    if warm is not None:
+        slurm.check_warm_nodes(warm, site.nodes, f"the bench's node count ({site.name})")
+    # Before anything runs: a cold start needs nodes that power down, and a bound on waiting for that.
+    power_timeout = sum(warmth.power_saving(site)) + warmth.POWER_DOWN_SLACK if compare_warm else None
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     site.apply_env()
@@ -92,16 +105,22 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
         "site": {"name": site.name, "partition": site.partition, "nodes": site.nodes,
                  "cores_per_node": site.cores_per_node},
         "names": names, "workloads": [],
+        "warm": {"nodes": warm, "compare": compare_warm},
     }
     for wl in workloads:
         log(f"fluxmpi: workload {wl.describe()}")
         entry = {"workload": wl.to_dict(), "description": wl.describe(), "runs": []}
         bench["workloads"].append(entry)
         for name in names:
-            raw = _run_one(name, site, wl, out_dir / "runs" / wl.name / name, task_timeout=task_timeout,
-                           run_timeout=run_timeout, progress=progress, log=log)
-            entry["runs"].append(raw.to_json())
-            report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
+            kind = "baseline" if name in BASELINES else "path"
+            for hold_nodes in warmth.variants(name, kind, warm, compare_warm):
+                row = name + (warmth.WARM_SUFFIX if hold_nodes else "")
+                raw = _run_one(name, site, wl, out_dir / "runs" / wl.name / row, task_timeout=task_timeout,
+                               run_timeout=run_timeout, progress=progress, log=log, warm=hold_nodes,
+                               cold_start=power_timeout if kind == "path" else None)
+                raw.name = row
+                entry["runs"].append(raw.to_json())
+                report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
         _compare_with_baselines(entry)
     bench["targets"] = targets.evaluate(bench)
     report.write_json(bench, out_dir / "results.json")
@@ -112,7 +131,7 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
 
 
 def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout: float, run_timeout: float,
-             progress: bool, log) -> RawRun:
+             progress: bool, log, warm: int | None = None, cold_start: float | None = None) -> RawRun:
     kind = "baseline" if name in BASELINES else "path"
     reason = unavailable_reason(name)
     if reason:
@@ -122,9 +141,12 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
     if reason:
         log(f"fluxmpi: {wl.name}/{name}: {reason}")
         return RawRun(name, kind, "not applicable", reason=reason, baseline=BASELINE_OF.get(name))
+    # cold_start: wait (at most that many seconds) for powered-down nodes, so warm and cold runs compare.
+    powered_down = warmth.wait_powered_down(site, log, cold_start) if cold_start is not None else None
     _wait_for_idle_nodes(site, log)
     workdir.mkdir(parents=True, exist_ok=True)
     t_begin = time.time()
+    hold = None
     with tqdm(total=wl.tasks, desc=f"{wl.name}/{name}", unit="task", file=sys.stderr,
               disable=not progress, leave=True) as bar:
         def on_progress(done: int, total: int) -> None:
@@ -133,13 +155,22 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
             if name == "bare-srun":
                 raw = run_bare_srun(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
                                     on_progress=on_progress)
+            elif name == "bare-mpirun":
+                raw = run_bare_mpirun(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
+                                      on_progress=on_progress)
             elif name == "bare-flux":
                 raw = run_bare_flux(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
                                     on_progress=on_progress)
             else:
-                result = run_tasks(name, site, wl.specs(), app="c", workdir=workdir, task_timeout=task_timeout,
-                                   run_timeout=run_timeout, on_progress=on_progress, **wl.app_work())
+                with warmth.holding(warm, site, log) as hold:
+                    result = run_tasks(name, site, wl.specs(), app="c", workdir=workdir, task_timeout=task_timeout,
+                                       run_timeout=run_timeout, on_progress=on_progress, **wl.app_work(),
+                                       before_load=(lambda: hold.hand_over(log=log)) if hold else None)
                 raw = from_run_result(result)
+                if warm is not None or cold_start is not None:
+                    raw.warm = warmth.describe(hold, powered_down, raw.t_start)
+                if hold:   # the workflow started when its hold was submitted: time to first result counts from there
+                    raw.t_start = min(raw.t_start, hold.submitted)
         except (RunError, BaselineError, SpecError) as err:
             return _broken(name, kind, str(err), workdir, t_begin, wl, log)
         except Exception as err:  # noqa: BLE001 - one broken path must not lose the other paths' results
@@ -147,7 +178,8 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
     raw.baseline = BASELINE_OF.get(name)
     raw.summary = metrics.summarize(raw.tasks, site.nodes, raw.t_start, raw.t_first_result)
     s = raw.summary
-    log(f"fluxmpi: {wl.name}/{name}: {raw.status}, {s['ok']}/{s['tasks']} ok, overhead median "
+    log(f"fluxmpi: {wl.name}/{name}{warmth.WARM_SUFFIX if warm else ''}: {raw.status}, {s['ok']}/{s['tasks']} ok, "
+        f"start-up {_fmt(s.get('startup'))} s, overhead median "
         f"{_fmt(s.get('overhead_median'))} s, makespan {_fmt(s.get('makespan'))} s"
         + (f" ({raw.reason})" if raw.reason else ""))
     return raw

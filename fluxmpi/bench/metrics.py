@@ -24,6 +24,8 @@ import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from ..launch.gate import pick_next
+
 TIME_KEYS = ("submitted", "admitted", "launched", "rank_started", "started", "ended", "done", "returned")
 REQUIRED_TIMES = ("submitted", "started", "ended", "returned")
 # Components of the overhead, in the order they happen; their sum is the overhead when all are known.
@@ -187,22 +189,20 @@ def lower_bound(sizes: Sequence[int], runs: Sequence[float], nodes: int) -> floa
     return max(sum(s * r for s, r in zip(sizes, runs)) / nodes, max(runs))
 
 
-def first_fit_makespan(sizes: Sequence[int], runs: Sequence[float], nodes: int) -> float:
-    """Makespan of first-fit in submission order with zero overhead: the packing loss alone.
-
-    Whenever nodes free up, the earliest-submitted waiting tasks that fit start (the policy of fluxmpi's node
-    gate and of the srun loop)."""
+def packed_makespan(sizes: Sequence[int], runs: Sequence[float], nodes: int,
+                    policy: str = "largest-first") -> float:
+    """Makespan with zero overhead under the node gate's admission policy (fluxmpi.launch.gate.pick_next):
+    the packing loss alone."""
     if any(s > nodes for s in sizes):
         raise ValueError(f"a task of {max(sizes)} nodes cannot run on {nodes} nodes")
     waiting = list(range(len(sizes)))
     running: list[tuple[float, int]] = []   # (end time, size)
     now, free = 0.0, nodes
     while waiting or running:
-        for i in list(waiting):
-            if sizes[i] <= free:
-                free -= sizes[i]
-                running.append((now + runs[i], sizes[i]))
-                waiting.remove(i)
+        while (k := pick_next([sizes[i] for i in waiting], free, policy)) is not None:
+            i = waiting.pop(k)
+            free -= sizes[i]
+            running.append((now + runs[i], sizes[i]))
         if not running:
             break
         running.sort()
@@ -242,15 +242,15 @@ def summarize(tasks: Sequence[dict], nodes: int, t_start: float | None = None,
     makespan = max(t["returned"] for t in ok) - first
     node_seconds = sum(s * r for s, r in zip(sizes, runs))
     bound = lower_bound(sizes, runs, nodes)
-    packed = first_fit_makespan(sizes, runs, nodes)
+    packed = packed_makespan(sizes, runs, nodes)
     slope_s = slope([r["index"] for r in rows], overheads)
     slope_se = slope_stderr([r["index"] for r in rows], overheads)
     out.update({
         "makespan": makespan,
         "lower_bound": bound,
         "makespan_ratio": makespan / bound if bound > 0 else None,
-        "first_fit_makespan": packed,
-        "first_fit_ratio": packed / bound if bound > 0 else None,
+        "packed_makespan": packed,
+        "packing_ratio": packed / bound if bound > 0 else None,
         "utilization": node_seconds / (nodes * makespan) if makespan > 0 else None,
         "throughput": len(ok) / makespan if makespan > 0 else None,
         "overhead_slope": slope_s,

@@ -31,6 +31,7 @@ class RawRun:
     placement_ok: bool | None = None
     placement_report: str = ""
     summary: dict = field(default_factory=dict)
+    warm: dict | None = None        # with --warm / --compare-warm: the run's warm hold (bench/warmth.py describe)
 
     @property
     def ran(self) -> bool:

@@ -46,7 +46,7 @@ def render_markdown(bench: dict) -> str:
     for entry in bench["workloads"]:
         lines += ["", f"## {entry['description']}", "",
                   "| run | status | ok | start-up | overhead median | p95 | vs baseline | makespan | lower bound "
-                  "| ratio | first-fit ratio | utilization | tasks/s | slope ms/task | placement |",
+                  "| ratio | packing ratio | utilization | tasks/s | slope ms/task | placement |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in entry["runs"]:
             s = r.get("summary") or {}
@@ -57,7 +57,7 @@ def render_markdown(bench: dict) -> str:
                 f" | {_f(s.get('overhead_median'))} | {_f(s.get('overhead_p95'))}"
                 f" | {_f(s.get('overhead_vs_baseline'), 2, suffix='x')}{base} | {_f(s.get('makespan'), 1)}"
                 f" | {_f(s.get('lower_bound'), 1)} | {_f(s.get('makespan_ratio'), 2)}"
-                f" | {_f(s.get('first_fit_ratio'), 2)} | {_f(s.get('utilization'), 0, 100, '%')}"
+                f" | {_f(s.get('packing_ratio'), 2)} | {_f(s.get('utilization'), 0, 100, '%')}"
                 f" | {_f(s.get('throughput'), 2)} | {_f(s.get('overhead_slope'), 2, 1000)} | {placed} |")
         ran = [r for r in entry["runs"] if (r.get("summary") or {}).get("components_mean")]
         if ran:
@@ -69,9 +69,36 @@ def render_markdown(bench: dict) -> str:
                 c = r["summary"]["components_mean"]
                 lines.append(f"| {r['name']} | " + " | ".join(_f(c.get(k)) for k in COMPONENTS)
                              + f" | {_f(r['summary'].get('overhead_mean'))} |")
+        lines += render_warmth(entry)
     lines += ["", "Components: " + "; ".join(f"**{k}** {COMPONENT_HELP[k]}" for k in COMPONENTS) + "."]
     lines += ["", "## Targets", ""] + render_targets(bench.get("targets", []))
     return "\n".join(lines) + "\n"
+
+
+def render_warmth(entry: dict) -> list[str]:
+    """With --warm / --compare-warm: each run's time to first result beside its warm hold, and what warm saved."""
+    runs = [r for r in entry["runs"] if r.get("warm")]
+    if not runs:
+        return []
+    lines = ["", "Time to first result, cold and warm (seconds from the workflow's start, which for a warm run is "
+             "the hold's submission; the hold is released right before the blocks are submitted):", "",
+             "| run | warm hold | nodes powered down at start | hold's nodes up after | released after "
+             "| time to first result |", "|---|---|---|---|---|---|"]
+    first = {}
+    for r in runs:
+        w, s = r["warm"], r.get("summary") or {}
+        first[r["name"]] = s.get("startup")
+        hold = "none (cold)" if not w.get("nodes") else (
+            f"{w['nodes']} node(s), job {w['hold_job']}" + ("" if w.get("warm") else f": FAILED ({w.get('problem')})"))
+        down = {True: "yes", False: "NO", None: "-"}[w.get("powered_down_at_start")]
+        lines.append(f"| {r['name']} | {hold} | {down} | {_f(w.get('warm_after'), 1)}"
+                     f" | {_f(w.get('released_after'), 1)} | {_f(s.get('startup'), 1)} |")
+    pairs = [(name, first[name], first[name + "+warm"]) for name in first
+             if name + "+warm" in first and first[name] is not None and first[name + "+warm"] is not None]
+    if pairs:
+        lines += [""] + [f"- {name}: warm {w:.1f} s vs cold {c:.1f} s: {c - w:+.1f} s saved ({(c - w) / c:.0%})"
+                         for name, c, w in pairs]
+    return lines
 
 
 def render_targets(targets: list[dict]) -> list[str]:

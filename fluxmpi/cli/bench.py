@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
+from .. import slurm
 from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
+from ..bench.warmth import PowerSavingError
 from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
 from ..cluster import ClusterError, LayoutError, PreflightError
 from ..cluster.layout import DEFAULT_NAME
@@ -48,8 +50,14 @@ from .common import fail
 @click.option("--run-timeout", type=float, default=3600, show_default=True,
               help="Seconds one path may take for all tasks of a workload.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [when stderr is a terminal].")
+@click.option("--warm", type=int, default=None,
+              help="Each launch path run warms this many nodes while it starts and releases them right before its "
+                   "blocks are submitted (rows PATH+warm; docs/operations.md).")
+@click.option("--compare-warm", is_flag=True,
+              help="With --warm: run each launch path cold, then warm, each from powered-down nodes (an elastic "
+                   "cluster), and show their time to first result side by side.")
 def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
-          sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress) -> None:
+          sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, compare_warm) -> None:
     """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
     allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
     its lower bound, utilization and throughput.
@@ -69,7 +77,11 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         for limit, value in (("--task-timeout", task_timeout), ("--run-timeout", run_timeout)):
             if value <= 0:
                 raise BenchError(f"{limit} {value:g} must be a positive number of seconds")
-    except (BenchError, WorkloadError) as err:
+        if compare_warm and warm is None:
+            raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
+        if warm is not None:
+            slurm.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
+    except (BenchError, WorkloadError, slurm.WarmError) as err:
         fail(str(err), code=2)
     out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
     command = _command_line(click.get_current_context())
@@ -81,10 +93,11 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name, log=log) as site:
             site = bench_site(site, cluster_nodes)
             doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
-                            progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log)
-    except (BenchError, WorkloadError, SpecError, LayoutError) as err:
+                            progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log,
+                            warm=warm, compare_warm=compare_warm)
+    except (BenchError, WorkloadError, SpecError, LayoutError, slurm.WarmError, PowerSavingError) as err:
         fail(str(err), code=2)
-    except (SiteError, RunError, ClusterError, PreflightError) as err:
+    except (SiteError, RunError, ClusterError, PreflightError, slurm.SlurmError) as err:
         fail(str(err))
     except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
         saved = out / "results.json"

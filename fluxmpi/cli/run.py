@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import click
 from tqdm import tqdm
 
+from .. import slurm
 from ..faults import RankFault
 from ..launch.blocks import Resilience
 from ..launch.paths import PATHS
 from .. import spackenv
 from ..mpi_apps import APPS, FAIL_MODES
-from ..runner import RunError, RunInterrupted, RunResult, run_tasks
+from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
-from ..spec import MPITaskSpec, SpecError
+from ..spec import MPITaskSpec, SpecError, parse_walltime
 from .common import fail
 
 
@@ -65,10 +67,15 @@ from .common import fail
 @click.option("--fail-task", "fail_tasks", multiple=True,
               help="Only these tasks (t0, t1, ...) get --fail-rank [all]; repeatable.")
 @click.option("--fail-once", is_flag=True, help="--fail-rank fails only a task's first attempt.")
+@click.option("--warm", type=int, default=None,
+              help="Power up this many nodes while the run starts (a warm hold), released right before the "
+                   "blocks are submitted so they land on warm nodes (elastic clusters; docs/operations.md).")
+@click.option("--warm-for", default="10m", show_default=True,
+              help="With --warm: the longest the hold may last (90s, 10m, HH:MM:SS); it ends sooner at the hand-over.")
 def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
         cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
         run_timeout, resume, retries, heartbeat_period, heartbeat_threshold, status_period, max_block_failures,
-        block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once) -> None:
+        block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once, warm, warm_for) -> None:
     """Run --repeats copies of one MPI task concurrently and check where every rank ran.
 
     Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced; 130 / 143
@@ -95,29 +102,43 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
                 raise SpecError(f"--fail-task {', '.join(unknown)}: this run's tasks are t0 to t{repeats - 1}")
         elif fail_tasks or fail_once:
             raise SpecError("--fail-task and --fail-once need --fail-rank")
+        # Everything a warm hold would outlast if it failed later is checked before the hold is submitted.
+        parse_walltime(walltime)
+        check_app_binary(app, app_binary)
+        if warm is not None:
+            slurm.check_warm_nodes(warm)
+            warm_seconds = slurm.parse_duration(warm_for)
+        elif "warm_for" in _given():
+            raise SpecError("--warm-for goes with --warm N")
         worker_init = ""
         if env_file:
             env_path = spackenv.find_env_file(env_file)   # not `path`: that names the launch path
             spackenv.validate_env_file(env_path)
             worker_init = spackenv.worker_init_line(env_path)
-    except (SpecError, spackenv.EnvFileError) as err:
+    except (SpecError, spackenv.EnvFileError, slurm.WarmError) as err:
         fail(str(err), code=2)
     specs = [spec] * repeats
+    note = lambda m: click.echo(m, err=True)  # noqa: E731
     site_open = False
     try:
         with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name,
                        log=lambda m: click.echo(m, err=True)) as site:
             site_open = True
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
+            if warm is not None:
+                slurm.check_warm_nodes(warm, site.nodes, f"partition {site.partition!r} of {site.name}")
             click.echo(f"fluxmpi: {repeats} x {spec} via {path} on {site.name}", err=True)
-            with tqdm(total=repeats, desc=f"{path}", unit="task", file=click.get_text_stream("stderr"),
-                      disable=None) as bar:
+            # The hold starts as soon as the site is known, so the nodes power up while the run starts.
+            warming = (slurm.warm_nodes(warm, warm_seconds, partition=site.partition, env=site.env, log=note)
+                       if warm else nullcontext())
+            with warming as hold, tqdm(total=repeats, desc=f"{path}", unit="task",
+                                       file=click.get_text_stream("stderr"), disable=None) as bar:
                 result = run_tasks(path, site, specs, app=app, workdir=workdir, sleep=sleep, busy=busy,
                                    nodes_per_block=nodes_per_block, walltime=walltime, task_timeout=task_timeout,
                                    worker_init=worker_init, run_timeout=run_timeout, resilience=resilience,
                                    fault=fault, resume=resume, app_binary=app_binary,
-                                   log=lambda m: click.echo(m, err=True),
-                                   on_progress=lambda done, total: bar.update(done - bar.n))
+                                   log=note, on_progress=lambda done, total: bar.update(done - bar.n),
+                                   before_load=(lambda: hold.hand_over(log=note)) if hold else None)
     except RunInterrupted as err:
         _report_failures(err.result)
         done = sum(t.ok for t in err.result.tasks) if err.result else 0
@@ -127,6 +148,10 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
                    f"are cancelled and run.json is in {where}. Run the rest: the same command with "
                    f"--resume --workdir {where}", err=True)
         raise SystemExit(130 if err.signal_name == "SIGINT" else 143)
+    except slurm.WarmError as err:
+        fail(str(err), code=2)
+    except slurm.SlurmError as err:
+        fail(f"warm hold: {err}")
     except (SpecError, SiteError, RunError) as err:
         if isinstance(err, SiteError) and cluster == "slurm" and not site_open:
             # Name the Slurm that was asked: the config the environment points at.
@@ -159,3 +184,9 @@ def _report_failures(result: RunResult | None) -> None:
         click.echo(f"fluxmpi: cancelled block job {job} (its worker pool stopped answering) so a new one could "
                    f"take its tasks", err=True)
 
+
+def _given() -> set[str]:
+    """The options given on the command line (not left at their defaults)."""
+    ctx = click.get_current_context()
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}

@@ -38,7 +38,8 @@ class Resilience:
     retries: times Parsl reruns a failed task (Config.retries), on whichever block can take it.
     heartbeat_period, heartbeat_threshold: a worker pool (HTEX paths; it runs on its block's first node)
         heartbeats every period; after threshold seconds of silence the interchange declares it lost and fails
-        its tasks (then retried). A link outage shorter than the threshold is ridden out.
+        its tasks (then retried). A link outage shorter than the threshold is ridden out. On the Flux path the
+        threshold is the brokers' link timeout (tbon.tcp_user_timeout, see fluxmpi.launch.flux).
     status_period: seconds between Parsl's polls of the blocks' Slurm jobs: how soon a dead block is noticed
         and replaced (SlurmProvider's own fixed value is 60).
     max_block_failures: consecutive failed blocks (e.g. NODE_FAIL) after which Parsl stops replacing them and
@@ -110,7 +111,8 @@ class PolledSlurmProvider(SlurmProvider):
 
 
 def slurm_provider(site: Site, shape: BlockShape, worker_init: str = "",
-                   launcher: Launcher | None = None, status_period: int = 60) -> SlurmProvider:
+                   launcher: Launcher | None = None, status_period: int = 60,
+                   sbatch_options: tuple[str, ...] = ()) -> SlurmProvider:
     """A SlurmProvider holding exactly `shape.blocks` exclusive blocks for the whole run.
 
     exclusive=True matters: without it a block gets one CPU per node and MPI steps inside it fail.
@@ -118,6 +120,7 @@ def slurm_provider(site: Site, shape: BlockShape, worker_init: str = "",
     that ends (node failure, walltime) is replaced by Parsl's strategy, noticed within `status_period` seconds.
     --no-requeue: Slurm would requeue a block that lost a node under the same job id, eligible again only after
     a delay (seen here: ~3 min), and Parsl, seeing it pending, would start no other block meanwhile.
+    sbatch_options: more `#SBATCH` options a path needs (the Flux path's --no-kill).
     """
     init = "\n".join(line for line in (site.worker_init, worker_init, SLURM_TASKS_FIX) if line)
     return PolledSlurmProvider(
@@ -129,7 +132,7 @@ def slurm_provider(site: Site, shape: BlockShape, worker_init: str = "",
         max_blocks=shape.blocks,
         walltime=format_clock(shape.walltime),
         exclusive=True,
-        scheduler_options="#SBATCH --no-requeue",
+        scheduler_options="\n".join(f"#SBATCH {opt}" for opt in ("--no-requeue", *sbatch_options)),
         worker_init=init,
         launcher=launcher or SimpleLauncher(),
         cmd_timeout=30,
@@ -225,6 +228,7 @@ class BlockWatch:
     nodes_used: set[str] = field(default_factory=set)
     lost_nodes: dict[str, str] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)    # job id -> when (epoch) it was first seen ending
+    first_nodes: dict[str, str] = field(default_factory=dict)   # job id -> its first node (runs the batch script)
     _idle_since: float | None = None
     _expanded: dict[str, list[str]] = field(default_factory=dict)
 
@@ -238,10 +242,13 @@ class BlockWatch:
         for job, info in states.items():
             if info["state"] == "COMPLETING" or info["state"] not in ACTIVE_STATES:
                 self.ended.setdefault(job, time.time())
-        for info in states.values():
+        for job, info in states.items():
             if info["nodes"] and info["nodes"] not in self._expanded:
                 self._expanded[info["nodes"]] = expand_hostlist(info["nodes"])
-            self.nodes_used.update(self._expanded.get(info["nodes"], []))
+            hosts = self._expanded.get(info["nodes"], [])
+            self.nodes_used.update(hosts)
+            if hosts:   # as first seen: Slurm drops a failed node from a --no-kill job's list later
+                self.first_nodes.setdefault(job, hosts[0])
         bad = unusable_nodes(self.partition) or {}
         for node in self.nodes_used & set(bad):
             self.lost_nodes[node] = bad[node]   # stays listed if the node comes back later

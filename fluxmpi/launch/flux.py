@@ -16,20 +16,34 @@ What FluxExecutor needs from the site, and how fluxmpi supplies it:
 - Its resource keys are num_tasks, cores_per_task, gpus_per_task, num_nodes; it has no exclusive key, so an
   exclusive task asks for every core of its nodes instead (`flux_resource_spec`).
 - It submits exactly one block and never scales.
+
+When a node of the block dies or its link stays down (docs/reliability.md has the measurements):
+- The block and the broker step are submitted with `--no-kill`: without it Slurm fails the whole block
+  (NODE_FAIL, after SlurmdTimeout) and srun ends every broker, so the instance and all its tasks would go with
+  one node. With it, Slurm drops the node from the block and the other brokers go on.
+- Flux's leader drops a broker at once when its connection closes (the node's processes died) or when its
+  peer has not acknowledged data for tbon.tcp_user_timeout seconds (the link is down): fluxmpi sets that to
+  the run's heartbeat threshold, so a shorter link outage is ridden out, as on the HTEX paths. Jobs with ranks
+  on the dropped node get a fatal exception, "node failure on HOST (rank N)"; Parsl retries them (if retries
+  are allowed) and Flux schedules them on the brokers left. flux_lost_nodes() reads the lost hosts from it.
+- The block's first node is different: it runs the leader broker and Parsl's instance manager, so when it
+  dies the instance is gone with every task it held, and FluxExecutor starts no other block.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
+from typing import Iterable
 
 from parsl.config import Config
 from parsl.executors import FluxExecutor
 
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
-from .blocks import BlockShape, slurm_provider
+from .blocks import BlockShape, Resilience, slurm_provider
 from .flux_install import FluxInstall, FluxSetupError, check_flux
 
 # How Slurm hands the brokers their PMI: Flux's broker speaks PMI-1/PMI-2 (wire protocol or libpmi2); Debian's
@@ -37,6 +51,13 @@ from .flux_install import FluxInstall, FluxSetupError, check_flux
 BROKER_PMI = "pmi2"
 # The keys Parsl's FluxExecutor reads; it ignores any other silently, so fluxmpi never sends another.
 FLUX_EXECUTOR_KEYS = ("num_tasks", "cores_per_task", "gpus_per_task", "num_nodes")
+# Keep the block, and the step of brokers, when one of its nodes fails (sbatch and srun both need it).
+SURVIVE_NODE_LOSS = "--no-kill"
+# What flux-python's job executor (0.88) raises once its connection to the instance is gone: for the jobs it was
+# watching, then for every job submitted after (Parsl's retries).
+_INSTANCE_GONE = ("reactor start failed", "Executor is broken, new futures cannot be scheduled")
+# The fatal exception Flux's job-exec raises on jobs with ranks on a broker that was lost (flux-core 0.88).
+_NODE_FAILURE = re.compile(r"node failure on (?P<host>[^\s()'\"]+) \((?:shell )?rank (?P<rank>\d+)\)")
 
 
 def flux_resource_spec(spec: MPITaskSpec, cores_per_node: int) -> dict[str, int]:
@@ -89,18 +110,55 @@ def callback_address(site: Site, hostname: str | None = None) -> str:
 
 
 def broker_launch_cmd(install: FluxInstall, nodes: int, cores_per_node: int, address: str,
-                      broker_pmi: str = BROKER_PMI) -> str:
+                      broker_pmi: str = BROKER_PMI, link_timeout: int | None = None) -> str:
     """FluxExecutor's launch_cmd: one broker per node of the block, the instance manager as its program.
 
     Parsl fills {flux} {python} {manager} {protocol} {port} (str.format); the address is fixed here.
     --cpus-per-task gives each broker's step the whole node, so a site that confines steps to their CPUs
-    (task/affinity, task/cgroup) does not leave Flux one core per node.
+    (task/affinity, task/cgroup) does not leave Flux one core per node. --no-kill keeps the other brokers
+    running when one node fails. link_timeout: seconds a broker's peer may leave data unacknowledged before
+    it is dropped (tbon.tcp_user_timeout; None: Flux's default, 20 s in flux-core 0.88).
     """
     if not address or any(c in address for c in "{} \t\n'\""):
         raise FluxSetupError(f"callback address {address!r} is not a host name or IP address")
+    brokers = broker_step("{flux}", nodes, cores_per_node, broker_pmi, link_timeout)
+    return " ".join(brokers) + " {python} {manager} {protocol} " + address + " {port}"
+
+
+def broker_step(flux: str, nodes: int, cores_per_node: int, broker_pmi: str = BROKER_PMI,
+                link_timeout: int | None = None) -> list[str]:
+    """`srun ... flux start [options]`: one broker per node of a block, shared by both Flux paths; the
+    instance's initial program follows. See broker_launch_cmd for why each option is there."""
+    if link_timeout is not None and (isinstance(link_timeout, bool) or not isinstance(link_timeout, int)
+                                     or link_timeout < 1):
+        raise SpecError(f"link_timeout={link_timeout!r} must be whole seconds of at least 1")
     srun = ["srun", f"--mpi={broker_pmi}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
-            f"--cpus-per-task={cores_per_node}", "--cpu-bind=none"]
-    return " ".join(srun) + " {flux} start {python} {manager} {protocol} " + address + " {port}"
+            f"--cpus-per-task={cores_per_node}", "--cpu-bind=none", SURVIVE_NODE_LOSS]
+    return srun + [flux, "start"] + ([f"-Stbon.tcp_user_timeout={link_timeout}s"] if link_timeout else [])
+
+
+def flux_instance_gone(error: str | None) -> bool:
+    """Whether a task failed because FluxExecutor lost its connection to the block's Flux instance."""
+    return bool(error) and any(words in error for words in _INSTANCE_GONE)
+
+
+def instance_gone_note(first_nodes: Iterable[str]) -> str:
+    """What to tell the user about a task that failed with flux_instance_gone, while its block still ran."""
+    where = ", ".join(sorted(first_nodes)) or "unknown"
+    return (f"the block's Flux instance stopped answering: its first node ({where}), where the leader broker and "
+            f"Parsl's instance manager run, died or cannot be reached, and FluxExecutor starts no other block; "
+            f"resume reruns the task")
+
+
+def flux_lost_nodes(errors: Iterable[str]) -> dict[str, str]:
+    """{host: why} for every node Flux reported lost in the task errors `errors` ("node failure on HOST (rank N)"
+    in a job's exception: its broker died or stopped answering)."""
+    lost: dict[str, str] = {}
+    for text in errors:
+        for m in _NODE_FAILURE.finditer(text or ""):
+            lost.setdefault(m["host"], f"Flux lost its broker (rank {m['rank']}): its jobs failed with "
+                                       f"'node failure on {m['host']}'")
+    return lost
 
 
 def flux_client_env(site: Site, install: FluxInstall) -> dict[str, str]:
@@ -124,7 +182,7 @@ def task_init(site: Site, worker_init: str = "") -> str:
 def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,
                 worker_init: str = "", run_dir: str = "runinfo", label: str = "flux",
                 install: FluxInstall | None = None, broker_pmi: str = BROKER_PMI,
-                apply_env: bool = True) -> Config:
+                apply_env: bool = True, resilience: Resilience | None = None) -> Config:
     """A Parsl Config running MPI tasks as Flux jobs inside one Slurm block of `nodes_per_block` nodes.
 
     site: partition, node size, the address compute nodes reach this process on, and its ssh wrapper.
@@ -132,17 +190,20 @@ def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int
     worker_init: extra shell lines for the block (before the brokers start); tasks get them via task_init.
     install: a checked Flux install [check_flux(): found, importable, versions agree, else FluxSetupError].
     apply_env: export FLUX_SSH / FLUX_SSH_RCMD into this process (flux's ssh connector reads them from it).
+    resilience: its heartbeat_threshold becomes the brokers' link timeout (tbon.tcp_user_timeout): a node
+        whose link is down longer is dropped from the instance [Resilience(): 120 s].
     """
     install = install or check_flux()
     shape = BlockShape.build(site, nodes_per_block, 1, walltime)
     client_env = flux_client_env(site, install)
+    res = resilience or Resilience()
     launch_cmd = broker_launch_cmd(install, shape.nodes_per_block, site.cores_per_node, callback_address(site),
-                                   broker_pmi)
+                                   broker_pmi, link_timeout=res.heartbeat_threshold)
     if apply_env:
         os.environ.update(client_env)
     executor = FluxExecutor(
         label=label,
-        provider=slurm_provider(site, shape, worker_init),
+        provider=slurm_provider(site, shape, worker_init, sbatch_options=(SURVIVE_NODE_LOSS,)),
         working_dir=os.path.join(os.path.abspath(run_dir), label),
         flux_path=install.flux,
         launch_cmd=launch_cmd,

@@ -130,7 +130,7 @@ def _plan_flux(site, specs, nodes_per_block):
 def _flux_config(site: Site, plan: Plan) -> Config:
     from .flux import flux_config
     return flux_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
-                       worker_init=plan.worker_init, run_dir=plan.run_dir)
+                       worker_init=plan.worker_init, run_dir=plan.run_dir, resilience=plan.resilience)
 
 
 def _flux_resources(spec: MPITaskSpec, site: Site) -> dict:
@@ -141,6 +141,27 @@ def _flux_resources(spec: MPITaskSpec, site: Site) -> dict:
 def _flux_task_kwargs(site: Site, plan: Plan) -> dict:
     from .flux import task_init
     return {"init": task_init(site, plan.worker_init)}
+
+
+def _plan_flux_jobs(site, specs, nodes_per_block):
+    from .flux_install import check_flux
+
+    check_flux()
+    # One block; no gate: Flux queues the jobs and places them (exclusive is a jobspec key here, no core split).
+    return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
+
+
+def _flux_jobs_config(site: Site, plan: Plan) -> Config:
+    from .flux_jobs import flux_jobs_config
+    return flux_jobs_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
+                            worker_init=plan.worker_init, run_dir=plan.run_dir,
+                            status_period=plan.resilience.status_period,
+                            link_timeout=plan.resilience.heartbeat_threshold)
+
+
+def _flux_jobs_resources(spec: MPITaskSpec) -> dict:
+    from .flux_job_tasks import resource_spec
+    return resource_spec(spec)
 
 
 PATHS: dict[str, LaunchPath] = {
@@ -157,6 +178,9 @@ PATHS: dict[str, LaunchPath] = {
     "flux": LaunchPath("flux", "FluxExecutor + SlurmProvider: a Flux instance per block places the ranks (Flux PMI)",
                        "flux", _flux_config, _plan_flux, MPITaskSpec.flux_executor_spec, "flux",
                        site_resource_spec=_flux_resources, task_kwargs=_flux_task_kwargs, replaces_blocks=False),
+    "flux-jobs": LaunchPath("flux-jobs", "Flux instance per block; fluxmpi submits each task as a Flux job running the "
+                            "MPI app itself (no Python per rank)", "flux-jobs", _flux_jobs_config, _plan_flux_jobs,
+                            _flux_jobs_resources, "flux_jobs", replaces_blocks=False),
 }
 
 

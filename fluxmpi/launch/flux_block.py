@@ -1,0 +1,92 @@
+"""The flux-jobs path's block: one Flux broker per node, and this small program as the instance's initial program.
+
+    srun --mpi=pmi2 -N N --ntasks-per-node=1 --no-kill ... flux start python -m fluxmpi.launch.flux_block INFO FLUX SECONDS
+
+It publishes how to reach the instance from outside (`flux uri --remote`: ssh://FIRST-NODE/...), the Python it
+runs under and the block's environment (after the site's worker_init) in INFO, then waits until the block is
+cancelled or its walltime is nearly over. The login side reads INFO and submits MPI tasks as Flux jobs itself
+(fluxmpi.launch.flux_jobs). Only the standard library is imported: the block should be up in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+# Leave the instance this long before the block's walltime, so it shuts down itself instead of being killed.
+WALLTIME_MARGIN = 10
+URI_TIMEOUT = 60.0
+# Variables of the block's environment that belong to the broker, its Slurm step or this process, not to a job:
+# the Flux job shell sets its own FLUX_*/PMI_* for every job, and a Flux job is no Slurm step.
+_NOT_FOR_JOBS = ("FLUX_", "SLURM_", "SLURMD_", "PMI_", "PMIX_")
+_NOT_FOR_JOBS_EXACT = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME"}
+
+
+def job_environment(env: dict[str, str]) -> dict[str, str]:
+    """The block's environment as Flux jobs should get it: the site's set-up, without the broker's own variables."""
+    return {k: v for k, v in env.items() if k not in _NOT_FOR_JOBS_EXACT and not k.startswith(_NOT_FOR_JOBS)}
+
+
+def block_command(info_file: str, flux: str, nodes: int, cores_per_node: int, walltime: int,
+                  python: str | None = None, link_timeout: int | None = None) -> str:
+    """The shell command a Slurm block runs (after its worker_init): brokers on every node as the Flux path
+    starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first."""
+    from .flux import broker_step     # here, not at the top: the block program itself imports only the stdlib
+    program = [python or sys.executable, "-m", "fluxmpi.launch.flux_block", info_file, flux, str(int(walltime))]
+    return " ".join(shlex.quote(a) for a in broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
+                    + program)
+
+
+def remote_uri(flux: str, local_uri: str, timeout: float = URI_TIMEOUT) -> str:
+    """ssh://HOST/PATH for the instance this program runs in (what `flux proxy` and flux.Flux(uri) take)."""
+    proc = subprocess.run([flux, "uri", "--remote", local_uri], capture_output=True, text=True, timeout=timeout)
+    uri = proc.stdout.strip()
+    if proc.returncode != 0 or not uri:
+        raise RuntimeError(f"`{flux} uri --remote {local_uri}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return uri
+
+
+def write_info(path: str, info: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)   # the login side never reads half a file
+
+
+def main(info_file: str, flux: str, walltime: str) -> int:
+    stop = {"why": None}
+
+    def on_signal(signum, _frame) -> None:
+        stop["why"] = signal.Signals(signum).name
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    local = os.environ.get("FLUX_URI")
+    if not local:
+        print("fluxmpi flux_block: FLUX_URI is unset: run me as the initial program of `flux start`", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + max(1, int(walltime) - WALLTIME_MARGIN)
+    write_info(info_file, {"uri": remote_uri(flux, local), "local_uri": local, "host": socket.gethostname(),
+                           "python": sys.executable, "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                           "time": time.time(), "env": job_environment(dict(os.environ))})
+    print(f"fluxmpi flux_block: instance published in {info_file}", flush=True)
+    while stop["why"] is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+    why = stop["why"] or "walltime nearly over"
+    print(f"fluxmpi flux_block: shutting the instance down ({why})", flush=True)
+    try:
+        os.unlink(info_file)    # its URI is about to stop working
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m fluxmpi.launch.flux_block INFO_FILE FLUX WALLTIME_SECONDS")
+    sys.exit(main(*sys.argv[1:]))
