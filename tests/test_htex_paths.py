@@ -80,7 +80,8 @@ def test_plain_parsl_drops_results_of_the_mixed_backlog(site, tmp_path):
             argv = app_command("mpi4py", task=f"p{i}", out_dir=tmp_path / "records", sleep=3.0)
             futures.append(app(spec.to_dict(), "srun", argv, f"p{i}", 120,
                                parsl_resource_specification=spec.parsl_resource_spec()))
-        done, not_done = wait(futures, timeout=60)
+        # 3 s tasks on a block that starts in ~10 s: 30 s is ample for all three had nothing been dropped.
+        done, not_done = wait(futures, timeout=30)
         assert not_done, "every task completed on plain MPIExecutor: the backlog defect is gone"
     finally:
         _cleanup_parsl(dfk, timeout=30)
