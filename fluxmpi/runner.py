@@ -407,7 +407,8 @@ class _RunJsonWriter:
                 o.error = f"{o.error} [its block ended: {ending}]"
             elif not o.ok and not state["interrupted"] and flux_instance_gone(o.error):
                 leaders.update(watch.first_nodes.values())     # Flux path: its block ran on, its leader did not
-                o.error = f"{o.error} [{instance_gone_note(watch.first_nodes.values())}]"
+                if "stopped answering" not in o.error:         # the flux-jobs executor names the node itself
+                    o.error = f"{o.error} [{instance_gone_note(watch.first_nodes.values())}]"
         lost = dict(watch.lost_nodes) if watch else {}
         for host in leaders:
             lost.setdefault(host, "the block's first node: the Flux instance's leader broker on it stopped answering")

@@ -54,8 +54,10 @@ FLUX_EXECUTOR_KEYS = ("num_tasks", "cores_per_task", "gpus_per_task", "num_nodes
 # Keep the block, and the step of brokers, when one of its nodes fails (sbatch and srun both need it).
 SURVIVE_NODE_LOSS = "--no-kill"
 # What flux-python's job executor (0.88) raises once its connection to the instance is gone: for the jobs it was
-# watching, then for every job submitted after (Parsl's retries).
-_INSTANCE_GONE = ("reactor start failed", "Executor is broken, new futures cannot be scheduled")
+# watching, then for every job submitted after (Parsl's retries); and what the flux-jobs executor says then
+# (fluxmpi.launch.flux_jobs, naming the first node itself).
+_INSTANCE_GONE = ("reactor start failed", "Executor is broken, new futures cannot be scheduled",
+                  "the Flux instance stopped answering")
 # The fatal exception Flux's job-exec raises on jobs with ranks on a broker that was lost (flux-core 0.88).
 _NODE_FAILURE = re.compile(r"node failure on (?P<host>[^\s()'\"]+) \((?:shell )?rank (?P<rank>\d+)\)")
 

@@ -42,6 +42,7 @@ class InstanceClient:
         self._stopping = False
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self.lost: str | None = None     # why the connection ended, if not by close(); set before the jobs' ends
         self._open: dict[int, tuple[JobEnd, Callable[[JobEnd], None]]] = {}   # key: id(end)
         self._jobs: dict[int, JobEnd] = {}      # job id -> its JobEnd, until it has finished
         self._early: collections.OrderedDict[int, list] = collections.OrderedDict()   # events before the id
@@ -91,13 +92,17 @@ class InstanceClient:
             self._ready.set()
             return
         self._ready.set()
-        why = "the connection was closed"
+        why = self._why = "the connection was closed"
         try:
             if self._h.reactor_run() < 0:
                 why = "the Flux reactor failed (connection lost?)"
+            else:
+                why = self._why
         except Exception as err:  # noqa: BLE001 - every open job must still get an end
             why = f"the connection failed: {err}"
         with self._lock:
+            if not self._stopping:
+                self.lost = why
             self._stopping = True
             queued, self._queue = list(self._queue), collections.deque()
         for end, on_end in list(self._open.values()) + [(JobEnd(), cb) for _, cb in queued]:
@@ -140,6 +145,7 @@ class InstanceClient:
     def _journal(self, event) -> None:
         """One event of any job of the instance, from the job manager's journal (one stream for all jobs)."""
         if event is None:            # the stream ended: the connection is going away
+            self._why = "the instance ended its job journal stream"
             self._h.reactor_stop()
             return
         jobid = int(event.jobid)

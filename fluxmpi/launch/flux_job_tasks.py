@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..apps import MPITaskFailed, run_mpi_task
 from ..spec import MPITaskSpec, SpecError
@@ -114,11 +114,14 @@ def check_fits(req: JobRequest, nodes: int, cores_per_node: int, gpus_per_node: 
     req.spec.check_fits(nodes, cores_per_node, gpus_per_node, where="Flux instance")
 
 
-def jobspec(req: JobRequest, environment: dict[str, str], cwd: str) -> dict[str, Any]:
+def jobspec(req: JobRequest, environment: dict[str, str], cwd: str, avoid: Iterable[str] = ()) -> dict[str, Any]:
     """The RFC 25 jobspec: the spec's shape (fluxmpi.spec.flux_jobspec), the block's environment, output to files
-    with every line labelled by its rank (so a failure can say which rank wrote what), ended at a rank's failure."""
+    with every line labelled by its rank (so a failure can say which rank wrote what), ended at a rank's failure.
+    avoid: hosts the job must not be placed on (an RFC 31 constraint), e.g. nodes whose broker was lost."""
     js = req.spec.flux_jobspec(req.command)
     system = js["attributes"]["system"]
+    if avoid:
+        system["constraints"] = {"not": [{"hostlist": sorted(avoid)}]}
     system["duration"] = req.duration or 0
     system["cwd"] = cwd
     system["environment"] = dict(environment)

@@ -11,7 +11,10 @@ the app starts. This executor keeps Python out of the ranks:
   (fluxmpi.launch.flux_job_tasks); Flux places the ranks and gives them PMI; output goes to per-task files;
 - any other call (the run's compile task) runs as a one-rank Python job (fluxmpi.launch.flux_pyjob).
 
-It submits exactly one block (like FluxExecutor) and does not replace it when it ends.
+It submits exactly one block (like FluxExecutor) and does not replace it when it ends. Faults
+(docs/reliability.md): a job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is
+kept out of every later job (Parsl's retry can come before Flux has marked it offline); when the connection to the
+instance ends (its first node died), every job still out and every later one fails at once naming that node.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from parsl.utils import RepresentationMixin
 
 from ..site import Site
 from .blocks import BlockShape, job_states, slurm_provider
-from .flux import SURVIVE_NODE_LOSS, flux_client_env
+from .flux import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
 from .flux_block import block_command
 from .flux_client import InstanceClient
 from .flux_install import FluxInstall, check_flux
@@ -89,6 +92,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         self._counter = 0
         self._stopped = threading.Event()
         self._block_started = False
+        self._job_id: str | None = None     # the block's Slurm job
+        # Hosts whose broker Flux lost: later jobs (Parsl's retries) must not go there. Flux takes a moment to mark
+        # a lost broker offline, and a retry submitted within it was seen placed on the dead node again.
+        self._lost_hosts: frozenset[str] = frozenset()
 
     # --- BlockProviderExecutor ------------------------------------------------------------------------------
     @property
@@ -109,6 +116,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _get_launch_command(self, block_id: str) -> str:
         info = self._info_file(block_id)
         os.makedirs(os.path.dirname(info), exist_ok=True)
+        try:
+            os.unlink(info)    # left by an earlier run in this run_dir whose first node died (resume): stale
+        except FileNotFoundError:
+            pass
         return block_command(info, self.flux_path, self.nodes_per_block, self.cores_per_node, self.walltime,
                              python=self.python, link_timeout=self.link_timeout)
 
@@ -136,6 +147,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         if status and all(s.state in TERMINAL_STATES for s in status.values()) and self.outstanding \
                 and not self.bad_state_is_set:
             ended = "; ".join(f"block {b}: {s.state.name} {s.message or ''}".strip() for b, s in status.items())
+            # Parsl's state says COMPLETED for a block that hit its walltime; Slurm's says why (TimeLimit, ...).
+            slurm = (job_states([self._job_id]) or {}).get(self._job_id) if self._job_id else None
+            if slurm:
+                ended += f"; Slurm job {self._job_id}: {slurm['state']} ({slurm['reason']})"
             self.set_bad_state_and_fail_all(FluxJobsBlockError(
                 f"the Flux instance's block ended ({ended}); this executor does not start another"))
 
@@ -159,6 +174,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 why = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
                 raise FluxJobsBlockError(f"the Flux block could not be submitted: {why or 'no block was started'}")
             job_id = self.blocks_to_job_id[block_id]
+            self._job_id = str(job_id)
             self._instance = self._wait_for_instance(self._info_file(block_id), str(job_id))
             self._client = InstanceClient(self._instance["uri"]).start()
         except Exception as err:  # noqa: BLE001 - every waiting task gets the reason
@@ -240,13 +256,27 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         if req.kind == "python" and not self.python and info.get("python"):
             req.command[0] = info["python"]
         env = info.get("env") or {}
-        self._client.submit(jobspec(req, env, self.working_dir),
+        self._client.submit(jobspec(req, env, self.working_dir, avoid=self._lost_hosts),
                             lambda end: self._ended(req, fut, end, env.get("FLUXMPI_ENV_FILE")))
+
+    def _instance_lost(self, why: str) -> str:
+        """What a task still out is told once the connection to the instance is gone: where the instance was."""
+        info = self._instance or {}
+        return (f"the Flux instance stopped answering: the connection to its leader broker on the first node "
+                f"{info.get('host', '?')} of Slurm job {self._job_id} was lost ({why}); that node "
+                f"died, cannot be reached or the instance ended, and this executor starts no other instance")
 
     def _ended(self, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
         if fut.done():
             return
+        connection_lost = self._client.lost if self._client is not None else None
+        if end.error and connection_lost:
+            end.error = self._instance_lost(connection_lost)
         ok = not end.error and not end.exception and end.status == 0
+        if end.exception:
+            dead = flux_lost_nodes([end.exception[1]])
+            if dead:       # before the future fails: Parsl may submit the retry from inside set_exception
+                self._lost_hosts = self._lost_hosts | set(dead)
         if not ok:
             fut.set_exception(task_failure(req, end))
         elif req.kind == "python":
