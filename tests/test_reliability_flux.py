@@ -14,7 +14,6 @@ brokers' tbon.tcp_user_timeout on this path) 8 s, or 15 s in the short-outage te
 """
 
 import gc
-import threading
 import time
 
 import pytest
@@ -23,9 +22,9 @@ from fluxmpi import faults, placement
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.launch.flux_install import FluxSetupError, check_flux
 from fluxmpi.runner import run_tasks
-from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec
-
+# The HTEX fault tests' site (short SlurmdTimeout), clean-up after each test, and fault thread.
+from test_reliability_faults import healthy, in_background, site  # noqa: F401
 
 
 def _flux_missing() -> str | None:
@@ -40,42 +39,8 @@ FLUX_MISSING = _flux_missing()
 pytestmark = [pytest.mark.cluster, pytest.mark.flux,
               pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")]
 
-SLURMD_TIMEOUT = 10
 FAST = Resilience(heartbeat_period=2, heartbeat_threshold=8, status_period=3)
 ONE_NODE = MPITaskSpec(nodes=1, ranks_per_node=2)     # fills a 2-core node: one task per node at a time
-
-
-@pytest.fixture(scope="module")
-def site(cluster):
-    previous = faults.set_slurmd_timeout(cluster, SLURMD_TIMEOUT)
-    yield Site.from_local_cluster(cluster)
-    faults.set_slurmd_timeout(cluster, previous)
-
-
-@pytest.fixture
-def healthy(cluster, site):
-    """After each test: every link up, every killed node powered on again, every node idle."""
-    yield
-    for node in cluster.layout.node_names:
-        faults.set_link(cluster, node, up=True)
-        if not faults.slurmd_running(cluster, node):
-            faults.revive_node(cluster, node)
-    for node in cluster.layout.node_names:
-        faults.wait_node_state(cluster, node, ("idle",), 120)
-
-
-def in_background(fn) -> dict:
-    """Run the fault injector `fn(box)` in a thread while the run goes on; box collects what it did."""
-    box: dict = {}
-
-    def guarded():
-        try:
-            fn(box)
-        except Exception as err:  # noqa: BLE001 - surfaced by the test's assertions
-            box["error"] = err
-    box["thread"] = threading.Thread(target=guarded, daemon=True)
-    box["thread"].start()
-    return box
 
 
 def busy_block_node(cluster, workdir, first: bool, timeout: float = 180) -> tuple[str, list[str]]:
