@@ -20,22 +20,14 @@ import pytest
 
 from fluxmpi import faults, placement
 from fluxmpi.launch.blocks import Resilience
-from fluxmpi.launch.flux_install import FluxSetupError, check_flux
 from fluxmpi.runner import run_tasks
 from fluxmpi.spec import MPITaskSpec
 # The HTEX fault tests' site (short SlurmdTimeout), clean-up after each test, and fault thread.
 from test_reliability_faults import healthy, in_background, site  # noqa: F401
+# Why Flux tests cannot run here (None when they can), as the Flux path's own tests decide it.
+from test_flux_cluster import FLUX_MISSING
 
 
-def _flux_missing() -> str | None:
-    try:
-        check_flux()
-    except FluxSetupError as err:
-        return str(err)
-    return None
-
-
-FLUX_MISSING = _flux_missing()
 pytestmark = [pytest.mark.cluster, pytest.mark.flux,
               pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")]
 
