@@ -6,13 +6,16 @@ the launch path handed the task, instead of Parsl's `$PARSL_MPI_PREFIX` (float r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 # "flux": the body runs once per rank inside a Flux job and is that rank (see run_flux_rank).
@@ -49,12 +52,19 @@ def task_nodes(env: dict | None = None) -> list[str]:
     return [socket.gethostname()]
 
 
-def launch_argv(spec, launcher: str, nodes: list[str], app_argv: list[str]) -> list[str]:
-    """The full command line: launcher prefix for `spec` over `nodes`, then the app."""
+def launch_argv(spec, launcher: str, nodes: list[str], app_argv: list[str],
+                session_base: str | None = None) -> list[str]:
+    """The full command line: launcher prefix for `spec` over `nodes`, then the app.
+
+    session_base: for Open MPI, the directory its session directories go under (see openmpi_session_base).
+    """
     if launcher == "srun":
         return spec.srun_args(mpi="pmix", nodelist=nodes[:spec.nodes]) + app_argv
     if launcher == "mpiexec-openmpi":
-        return spec.mpiexec_args("openmpi", hosts=nodes[:spec.nodes]) + app_argv
+        argv = spec.mpiexec_args("openmpi", hosts=nodes[:spec.nodes])
+        if session_base:
+            argv[1:1] = ["--mca", "orte_tmpdir_base", session_base]
+        return argv + app_argv
     if launcher == "mpiexec-mpich":
         return spec.mpiexec_args("mpich", hosts=nodes[:spec.nodes], program="mpiexec.mpich") + app_argv
     if launcher == "mpirun-local":
@@ -102,21 +112,22 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
     if launcher == "flux":
         return run_flux_rank(task_spec, app_argv, task, timeout, init)
     nodes = task_nodes()
-    argv = launch_argv(task_spec, launcher, nodes, app_argv)
-    t_launch = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=task_environment(init) if init else None)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with openmpi_session_base(task, launcher == "mpiexec-openmpi") as session_base:
+        argv = launch_argv(task_spec, launcher, nodes, app_argv, session_base)
+        t_launch = time.time()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=task_environment(init) if init else None)
         try:
-            out, err = proc.communicate(timeout=15)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        raise MPITaskFailed(task, f"did not finish within {timeout:.0f}s on {','.join(nodes)}; killed",
-                            launcher_failures(err), _tail(err), argv)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+            raise MPITaskFailed(task, f"did not finish within {timeout:.0f}s on {','.join(nodes)}; killed",
+                                launcher_failures(err), _tail(err), argv)
     t_done = time.time()
     if proc.returncode != 0:
         if _BLOCK_ENDING.search(err):
@@ -127,6 +138,26 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
             "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
             # Which env file the block sourced (worker_init), so a run can show its workers got it.
             "env_file": os.environ.get("FLUXMPI_ENV_FILE")}
+
+
+@contextlib.contextmanager
+def openmpi_session_base(task: str, wanted: bool = True):
+    """A directory of this launch's own for Open MPI's session directories (None when not `wanted`).
+
+    Open MPI 4.1 puts every mpirun's session directory under one per-host tree in $TMPDIR or /tmp
+    (`ompi.HOST.UID/`) and removes that tree when a job ends. Two mpiruns on one node, or on nodes that share a
+    /tmp (the local cluster, some diskless clusters), then race: one removes the tree while the other is
+    creating its directory in it ("Error in file ../../../orte/util/session_dir.c", orte_init failed). A base
+    no other launch uses cannot be removed under this one. Removed when the launch is over."""
+    if not wanted:
+        yield None
+        return
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task)[:40]
+    base = tempfile.mkdtemp(prefix=f"fluxmpi-ompi-{safe}-")
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # srun inside a block whose allocation is ending (walltime, cancel): no step can start there any more.

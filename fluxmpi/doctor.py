@@ -164,11 +164,24 @@ def slurm_mpi_plugins(text: str) -> list[str]:
     return names
 
 
+# What every Slurm command says when it finds no slurm.conf (and no DNS SRV record or configless slurmctld).
+NO_SLURM_CONFIG = "Could not establish a configuration source"
+
+
 def check_slurm(env: dict | None = None) -> Check:
     version = ask(["srun", "--version"], env)
     if version.rc is None:
         return Check("slurm", SKIP, "srun not installed (not a Slurm login node)")
+    def unconfigured(where: str) -> Check:
+        return Check("slurm", SKIP, f"{_first_line(version.text)} installed, but no Slurm is configured here "
+                     f"({where}): start the local cluster with `fluxmpi cluster up`, or point SLURM_CONF at "
+                     f"your cluster's slurm.conf")
+    conf = (env or os.environ).get("SLURM_CONF")
+    if conf and not Path(conf).is_file():   # srun would retry reading it for a minute
+        return unconfigured(f"SLURM_CONF={conf} does not exist")
     plugins = ask(["srun", "--mpi=list"], env)
+    if plugins.rc != 0 and NO_SLURM_CONFIG in plugins.text:
+        return unconfigured(f"SLURM_CONF={conf}" if conf else "no SLURM_CONF, no /etc/slurm/slurm.conf")
     if plugins.rc != 0:
         return Check("slurm", FAIL, f"{_first_line(version.text)}; `srun --mpi=list` failed",
                      [plugins.text[-400:] or plugins.err])

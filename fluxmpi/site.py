@@ -84,11 +84,22 @@ def _gpus_from_gres(gres: str) -> int:
     return 0
 
 
+def running_local_nodes(name: str = DEFAULT_NAME) -> int | None:
+    """Nodes of the local cluster `name` if it is up, else None."""
+    try:
+        return LocalCluster.running(name).layout.nodes
+    except ClusterError:
+        return None
+
+
 @contextmanager
-def open_site(cluster: str = "local", *, nodes: int = 4, partition: str | None = None,
+def open_site(cluster: str = "local", *, nodes: int = 4, need: int | None = None, partition: str | None = None,
               address: str | None = None, name: str = DEFAULT_NAME, log=print) -> Iterator[Site]:
     """The Site to run on: "local" uses the local cluster `name` (booting it with `nodes` nodes if it is not
-    up, and tearing it down afterwards only in that case); "slurm" asks the Slurm this machine points at."""
+    up, and tearing it down afterwards only in that case); "slurm" asks the Slurm this machine points at.
+
+    need: the fewest nodes the work needs [nodes]. A local cluster already up is used as it is when it has at
+    least that many, whatever its size; only a smaller one is an error."""
     if cluster == "slurm":
         yield Site.from_slurm(partition=partition, address=address)
         return
@@ -102,9 +113,11 @@ def open_site(cluster: str = "local", *, nodes: int = 4, partition: str | None =
         log(f"fluxmpi: booting the local cluster {name!r} ({nodes} nodes)")
         log(local.up())
         booted = True
-    if local.layout.nodes < nodes:
-        raise SiteError(f"the local cluster {name!r} has {local.layout.nodes} nodes but {nodes} are needed: "
-                        f"`fluxmpi cluster down --name {name}` and let fluxmpi boot a bigger one")
+    needed = nodes if need is None else need
+    if local.layout.nodes < needed:
+        raise SiteError(f"the local cluster {name!r} has {local.layout.nodes} nodes but the tasks need {needed}: "
+                        f"`fluxmpi cluster down --name {name}` and let fluxmpi boot a bigger one "
+                        f"(--cluster-nodes {max(needed, nodes)})")
     try:
         yield Site.from_local_cluster(local)
     finally:

@@ -5,11 +5,14 @@ set -euo pipefail
 
 PACKAGES=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev mpich libmpich-dev
           iproute2 openssh-server openssh-client util-linux gcc make)
+# What the test suite checks with, beyond the cluster itself (--test).
+TEST_PACKAGES=(shellcheck)
 
 usage() {
   cat <<USAGE
-Usage: $(basename "$0") [--dry-run] [--help]
+Usage: $(basename "$0") [--test] [--dry-run] [--help]
 Installs with apt-get (as root): ${PACKAGES[*]}
+  --test     also what the test suite needs: ${TEST_PACKAGES[*]}
   --dry-run  print the apt-get commands instead of running them
 USAGE
 }
@@ -18,6 +21,7 @@ dry_run=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) dry_run=1 ;;
+    --test) PACKAGES+=("${TEST_PACKAGES[@]}") ;;
     -h|--help) usage; exit 0 ;;
     *) echo "$(basename "$0"): unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac

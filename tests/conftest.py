@@ -1,4 +1,13 @@
+"""Shared fixtures, and the one place that decides whether a test's outside parts are here.
+
+A test that needs a part this machine may not have says so with a marker (`@pytest.mark.cluster`,
+`@pytest.mark.flux`); `pytest_runtest_setup` below checks the part once per session and skips the test with the
+reason where it is absent. No test module probes for a part itself, so a new test cannot forget the check.
+"""
+
+import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +20,7 @@ if str(REPO) not in sys.path:
 
 from fluxmpi.cluster import ClusterLayout, LocalCluster  # noqa: E402
 from fluxmpi.cluster.preflight import missing_commands  # noqa: E402
+from fluxmpi.site import Site  # noqa: E402
 
 # The suite's own cluster: its own name, subnet and node names, so a user's cluster can stay up beside it.
 TEST_CLUSTER_NAME = os.environ.get("FLUXMPI_TEST_CLUSTER", "fxtest")
@@ -26,10 +36,58 @@ def cluster_unavailable_reason() -> str | None:
     return None
 
 
+def flux_unavailable_reason() -> str | None:
+    """Why the Flux paths cannot run here (flux-core, its Python bindings, their versions), or None."""
+    from fluxmpi.launch.flux_install import FluxSetupError, check_flux
+    try:
+        check_flux()
+    except FluxSetupError as err:
+        return str(err)
+    return None
+
+
+def flux_bindings_unavailable_reason() -> str | None:
+    """Why Flux's Python bindings do not import here (the flux-python wheel needs libflux-core), or None."""
+    try:
+        import flux.job  # noqa: F401
+    except (ImportError, OSError) as err:
+        return f"the Flux Python bindings do not import ({err})"
+    return None
+
+
+def shellcheck_unavailable_reason() -> str | None:
+    if shutil.which("shellcheck") is None:
+        return "shellcheck is not installed: run install_scripts/install.sh --test"
+    return None
+
+
+# marker -> what it needs -> why that is absent here (None: present)
+PARTS = {
+    "cluster": ("the local multi-node cluster", cluster_unavailable_reason),
+    "flux": ("a working flux-core", flux_unavailable_reason),
+    "flux_bindings": ("Flux's Python bindings", flux_bindings_unavailable_reason),
+    "shellcheck": ("shellcheck", shellcheck_unavailable_reason),
+}
+
+
+@functools.cache
+def part_missing(marker: str) -> str | None:
+    """Why the part behind `marker` is absent (checked once per session), or None."""
+    return PARTS[marker][1]()
+
+
+def pytest_runtest_setup(item):
+    for marker, (what, _) in PARTS.items():
+        if item.get_closest_marker(marker) is not None:
+            reason = part_missing(marker)
+            if reason:
+                pytest.skip(f"needs {what}: {reason}")
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """A 4-node local Slurm cluster, booted once per session and removed at its end (asserting nothing is left)."""
-    reason = cluster_unavailable_reason()
+    reason = part_missing("cluster")
     if reason:
         pytest.skip(reason)
     local = LocalCluster(ClusterLayout(name=TEST_CLUSTER_NAME, nodes=TEST_CLUSTER_NODES))
@@ -39,3 +97,41 @@ def cluster():
     local.down()
     left = local.leftovers()
     assert not left, f"the test cluster left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def site(cluster, request):
+    """The test cluster as a Site. A module that kills nodes on purpose sets SLURMD_TIMEOUT (seconds) so Slurm
+    marks a dead node DOWN within seconds; the cluster's own value is restored after the module."""
+    timeout = getattr(request.module, "SLURMD_TIMEOUT", None)
+    if timeout is None:
+        yield Site.from_local_cluster(cluster)
+        return
+    from fluxmpi import faults
+    previous = faults.set_slurmd_timeout(cluster, timeout)
+    try:
+        yield Site.from_local_cluster(cluster)
+    finally:
+        faults.set_slurmd_timeout(cluster, previous)
+
+
+@pytest.fixture
+def healthy(cluster, site):
+    """After each test: every link up, every killed node powered on again, every node idle."""
+    yield
+    from fluxmpi import faults
+    for node in cluster.layout.node_names:
+        faults.set_link(cluster, node, up=True)
+        if not faults.slurmd_running(cluster, node):
+            faults.revive_node(cluster, node)
+    for node in cluster.layout.node_names:
+        faults.wait_node_state(cluster, node, ("idle",), 120)
+
+
+@pytest.fixture(scope="session")
+def c_binary(tmp_path_factory):
+    """The bundled C app, compiled once per session with Open MPI's mpicc."""
+    from fluxmpi.mpi_apps import compile_c_app
+    if shutil.which("mpicc") is None:
+        pytest.skip("Open MPI's mpicc not installed: run install_scripts/install-cluster-deps.sh")
+    return compile_c_app(tmp_path_factory.mktemp("bin"), mpicc="mpicc")

@@ -1,5 +1,6 @@
 """The local multi-node Slurm cluster, for real: distinct nodes, ssh, idempotent up, clean down."""
 
+import os
 import subprocess
 import time
 
@@ -7,6 +8,7 @@ import pytest
 
 from fluxmpi.cluster import ClusterError, ClusterLayout, LocalCluster, PreflightError
 from fluxmpi.cluster import network
+from fluxmpi.cluster.processes import pids_in_netns, wait_gone
 
 pytestmark = pytest.mark.cluster
 
@@ -83,7 +85,14 @@ def test_down_leaves_nothing_and_is_safe_twice(cluster):
         deadline_check = small.run(["squeue", "-h", "-o", "%T"], timeout=20)
         assert deadline_check.returncode == 0
         assert small.leftovers(), "a running cluster should be visible to leftovers()"
-        assert "down" in small.down()
+        lay = small.layout
+        started = {pid for node in lay.node_names for pid in pids_in_netns(network.NETNS_DIR / lay.netns(node))}
+        assert started
+        said = small.down()
+        # Issue 11: `down` returned while stopped daemons were still listed (zombies `pgrep` counts).
+        listed = [pid for pid in started if os.path.exists(f"/proc/{pid}")]
+        assert listed == [] and "still listed" not in said, said
+        assert "down" in said
     finally:
         step.kill()
         step.wait(timeout=30)
@@ -92,4 +101,31 @@ def test_down_leaves_nothing_and_is_safe_twice(cluster):
     assert small.layout.hosts_begin not in network.HOSTS_FILE.read_text()
     assert "nothing to do" in small.down()
     # The session cluster is untouched by the other one's teardown.
+    assert cluster.status().problems == []
+
+
+def test_wait_gone_waits_for_a_zombie_to_be_reaped_and_is_bounded():
+    """A stopped process stays listed (a zombie) until its parent reaps it: wait_gone waits for that, within
+    its bound, and names what is still listed when the bound runs out."""
+    import threading
+    child = subprocess.Popen(["true"])
+    time.sleep(0.3)                       # it has exited; unreaped, it is a zombie of ours
+    assert os.path.exists(f"/proc/{child.pid}")
+    t = time.monotonic()
+    assert wait_gone([child.pid], 0.5) == [child.pid] and time.monotonic() - t < 3
+    threading.Timer(0.5, child.wait).start()
+    assert wait_gone([child.pid], 10) == []
+
+
+def test_a_running_cluster_big_enough_for_the_tasks_is_used_as_it_is(cluster):
+    """Issue 11: a 4-node cluster up, a run asking --cluster-nodes 8 (the size to boot) for 2-node tasks: used."""
+    from fluxmpi.site import SiteError, open_site, running_local_nodes
+    name = cluster.layout.name
+    with open_site("local", nodes=8, need=2, name=name, log=lambda m: None) as site:
+        assert site.nodes == cluster.layout.nodes
+    assert running_local_nodes(name) == cluster.layout.nodes
+    with pytest.raises(SiteError, match=rf"has 4 nodes but the tasks need 5.*cluster down --name {name}"):
+        with open_site("local", nodes=4, need=5, name=name, log=lambda m: None):
+            pass
+    assert running_local_nodes("fxnosuch") is None
     assert cluster.status().problems == []

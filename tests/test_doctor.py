@@ -1,6 +1,7 @@
 """`fluxmpi doctor`: the report reads the real tools; the probe's verdicts agree with what the tests see when
 they run the same launchers themselves."""
 
+import os
 import shutil
 import subprocess
 
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from fluxmpi import doctor, placement
 from fluxmpi.cli.doctor import doctor_command
+from fluxmpi.launch import flux_install
 from fluxmpi.mpi_apps import app_command, compile_c_app
 
 HAS_OMPI = shutil.which("ompi_info") is not None
@@ -38,7 +40,9 @@ def test_flux_and_parsl_checks_use_the_real_installs():
     parsl = doctor.check_parsl()
     assert parsl.status == doctor.OK
     flux = doctor.check_flux()
-    if shutil.which("flux") is None:
+    try:
+        flux_install.find_flux()
+    except flux_install.FluxSetupError:   # no flux-core anywhere fluxmpi looks
         assert flux.status == doctor.SKIP
     else:
         assert flux.status == doctor.OK and "bindings match" in flux.summary
@@ -128,3 +132,16 @@ def test_cli_prints_the_matrix(cluster, probe_results):
         words = [w for w in row[len(launcher.label):].split() if w in ("works", "FAILS", "not")]
         expected = [probe_results[(launcher.label, m.label)] for m in doctor.MPIS]
         assert words == ["works" if r.works else "FAILS" if r.works is False else "not" for r in expected], row
+
+
+@pytest.mark.skipif(shutil.which("srun") is None, reason="Slurm's srun not installed")
+def test_slurm_check_says_no_slurm_is_configured_instead_of_slurms_fatal_line(tmp_path):
+    """Issue 11: with no cluster up, Slurm's raw 'fatal: Could not establish a configuration source' was a FAIL."""
+    check = doctor.check_slurm({"PATH": os.environ["PATH"], "SLURM_CONF": str(tmp_path / "slurm.conf")})
+    assert check.status == doctor.SKIP, check
+    assert "no Slurm is configured here" in check.summary and "fluxmpi cluster up" in check.summary
+    assert f"SLURM_CONF={tmp_path / 'slurm.conf'} does not exist" in check.summary
+    if not os.path.exists("/etc/slurm/slurm.conf"):     # no config anywhere: what srun itself says
+        check = doctor.check_slurm({"PATH": os.environ["PATH"]})
+        assert check.status == doctor.SKIP and "no SLURM_CONF, no /etc/slurm/slurm.conf" in check.summary, check
+        assert "fatal" not in check.summary

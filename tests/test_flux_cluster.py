@@ -17,25 +17,13 @@ from fluxmpi import placement
 from fluxmpi.apps import MPITaskFailed, run_mpi_task
 from fluxmpi.cli import main
 from fluxmpi.launch.flux import flux_config, flux_resource_spec
-from fluxmpi.launch.flux_install import FluxSetupError, check_flux
 from fluxmpi.launch.flux_local import flux_local_config
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import _cleanup_parsl, run_tasks
-from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError
 
 
-def _flux_missing() -> str | None:
-    try:
-        check_flux()
-    except FluxSetupError as err:
-        return str(err)
-    return None
-
-
-FLUX_MISSING = _flux_missing()
-pytestmark = [pytest.mark.flux,
-              pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")]
+pytestmark = pytest.mark.flux
 
 
 def timing(what: str, seconds: float) -> None:
@@ -105,11 +93,6 @@ class TestLocalInstance:
 
 
 # ---- Flux inside Slurm blocks of the local cluster ----------------------------------------------
-
-@pytest.fixture(scope="module")
-def site(cluster):
-    return Site.from_local_cluster(cluster)
-
 
 def job_ids(cluster) -> set[str]:
     """Every job slurmctld still remembers, finished ones included (MinJobAge keeps them a while)."""

@@ -133,12 +133,9 @@ def test_missing_bindings_are_reported_with_the_matching_pip_line(monkeypatch):
     assert "do not import" in str(err.value) and "pip install flux-python==0.88.0" in str(err.value)
 
 
+@pytest.mark.flux_bindings
 def test_check_flux_refuses_bindings_of_another_release(tmp_path):
     """The real bindings (when installed) against a MOCK flux claiming another release."""
-    try:
-        import flux.job  # noqa: F401
-    except (ImportError, OSError) as err:
-        pytest.skip(f"the Flux Python bindings do not import here ({err})")
     other = mock_flux(tmp_path, output="commands:    \t\t0.12.3\n")
     with pytest.raises(FluxSetupError, match=r"is 0.12.3 but .*pip install flux-python==0.12.3"):
         flux_install.check_flux(other)
@@ -173,13 +170,11 @@ def test_exclusive_task_whose_ranks_cannot_split_a_node_is_refused():
 
 
 @pytest.mark.parametrize("spec", [MPITaskSpec(2, 2), MPITaskSpec(3, 1), MPITaskSpec(2, 2, cores_per_rank=2, exclusive=False)])
+@pytest.mark.flux_bindings
 def test_jobspec_flux_executor_builds_from_our_resources(spec):
     """The jobspec Parsl's FluxExecutor makes (flux.job.JobspecV1.from_command with our four keys) asks for
     `nodes` nodes, each with ranks_per_node slots of the cores we chose: spec.flux_jobspec's shape."""
-    try:
-        from flux.job import JobspecV1
-    except (ImportError, OSError) as err:
-        pytest.skip(f"the Flux Python bindings do not import here ({err})")
+    from flux.job import JobspecV1
     rs = flux_resource_spec(spec, 4)
     theirs = JobspecV1.from_command(["app"], num_tasks=rs["num_tasks"], num_nodes=rs["num_nodes"],
                                     cores_per_task=rs["cores_per_task"], gpus_per_task=rs["gpus_per_task"]).jobspec
@@ -310,11 +305,8 @@ def test_flux_path_refuses_when_flux_is_missing_before_anything_runs(tmp_path, m
         PATHS["flux"].check(site(), [MPITaskSpec(2, 2)])
 
 
+@pytest.mark.flux     # the path's own check needs a working flux install first
 def test_flux_path_refuses_bad_tasks(tmp_path):
-    try:
-        flux_install.check_flux()
-    except FluxSetupError as err:
-        pytest.skip(f"the path's own check needs a working flux install first: {err}")
     lp = PATHS["flux"]
     with pytest.raises(SpecError, match="task 1 .*needs 5 nodes but the block has 4"):
         lp.check(site(), [MPITaskSpec(2, 2), MPITaskSpec(5, 1)])

@@ -20,7 +20,7 @@ from fluxmpi import placement, slurm
 from fluxmpi.apps import MPITaskFailed, run_mpi_task
 from fluxmpi.faults import RankFault
 from fluxmpi.launch.flux_block import block_command, job_environment
-from fluxmpi.launch.flux_install import FluxInstall, FluxSetupError, check_flux
+from fluxmpi.launch.flux_install import FluxInstall, FluxSetupError
 from fluxmpi.launch.flux_job_tasks import (LAUNCHER, FluxJobsError, JobEnd, check_fits, jobspec, mpi_request,
                                            python_request, resource_spec, spec_from_resources, task_failure,
                                            task_result)
@@ -118,8 +118,9 @@ def test_a_task_too_large_for_the_instance_is_refused(tmp_path):
         check_fits(req, 4, 2)
 
 
+@pytest.mark.flux_bindings
 def test_the_jobspec_has_the_shape_limits_environment_and_labelled_output_files(tmp_path):
-    flux_job = pytest.importorskip("flux.job", reason="flux-python is not installed")
+    import flux.job as flux_job
     args, kw = _call(spec=MPITaskSpec(nodes=2, ranks_per_node=2, exclusive=True))
     req = mpi_request(run_mpi_task, None, args, kw, tmp_path)
     js = jobspec(req, {"PATH": "/usr/bin", "FXJ": "1"}, str(tmp_path))
@@ -242,13 +243,16 @@ def test_a_flux_ssh_that_is_a_command_line_is_refused(tmp_path):
         flux_jobs_config(site, run_dir=str(tmp_path), install=INSTALL, apply_env=False)
 
 
-def test_the_path_is_registered_and_refuses_a_too_large_task_before_anything_runs():
+def test_the_path_is_registered():
     lp = get_path("flux-jobs")
     assert lp.launcher == LAUNCHER and lp.replaces_blocks is False
     assert lp.resources(SPEC, SITE) == resource_spec(SPEC)
-    if check_flux_reason() is None:
-        with pytest.raises(SpecError, match="task 1 .*needs 5 nodes but the block has 4"):
-            lp.check(SITE, [SPEC, MPITaskSpec(nodes=5, ranks_per_node=1)])
+
+
+@pytest.mark.flux     # the path's check looks for a working flux first
+def test_the_path_refuses_a_too_large_task_before_anything_runs():
+    with pytest.raises(SpecError, match="task 1 .*needs 5 nodes but the block has 4"):
+        get_path("flux-jobs").check(SITE, [SPEC, MPITaskSpec(nodes=5, ranks_per_node=1)])
 
 
 def test_waiting_for_the_instance_is_bounded_and_names_the_block(tmp_path):
@@ -285,29 +289,12 @@ def test_refused_calls_fail_their_future_and_fail_all_leaves_finished_tasks_alon
 
 # --- on the local cluster ---------------------------------------------------------------------------------
 
-def check_flux_reason() -> str | None:
-    try:
-        check_flux()
-    except FluxSetupError as err:
-        return str(err)
-    return None
-
-
-FLUX_MISSING = check_flux_reason()
-
-
-@pytest.fixture(scope="module")
-def site(cluster):
-    return Site.from_local_cluster(cluster)
-
-
 def _summary(result) -> str:
     return "\n".join([result.placement_report] + [f"{t.task}: {t.error}" for t in result.failed])
 
 
 @pytest.mark.cluster
 @pytest.mark.flux
-@pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")
 def test_four_concurrent_two_node_tasks_run_as_flux_jobs_where_flux_put_them(site, tmp_path):
     specs = [MPITaskSpec(nodes=2, ranks_per_node=2)] * 4
     result = run_tasks("flux-jobs", site, specs, app="c", workdir=tmp_path, sleep=2.0, nodes_per_block=4,
@@ -333,7 +320,6 @@ def test_four_concurrent_two_node_tasks_run_as_flux_jobs_where_flux_put_them(sit
 
 @pytest.mark.cluster
 @pytest.mark.flux
-@pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")
 def test_a_failing_rank_fails_its_task_naming_rank_host_and_stderr(site, tmp_path):
     specs = [MPITaskSpec(nodes=2, ranks_per_node=2)] * 2
     result = run_tasks("flux-jobs", site, specs, app="c", workdir=tmp_path, nodes_per_block=4, run_timeout=600,
@@ -354,7 +340,6 @@ def test_a_failing_rank_fails_its_task_naming_rank_host_and_stderr(site, tmp_pat
 
 @pytest.mark.cluster
 @pytest.mark.flux
-@pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")
 def test_a_task_too_large_for_the_block_is_refused_before_submission(site, tmp_path):
     before = {j.job_id for j in slurm.jobs(env=site.env)}
     with pytest.raises(SpecError, match="needs 3 nodes but the block has 2"):
@@ -376,7 +361,6 @@ def test_a_task_too_large_for_the_block_is_refused_before_submission(site, tmp_p
 
 @pytest.mark.cluster
 @pytest.mark.flux
-@pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")
 def test_a_task_over_its_time_limit_is_killed_by_flux_and_says_so(site, tmp_path):
     result = run_tasks("flux-jobs", site, [MPITaskSpec(nodes=2, ranks_per_node=1)], app="c", workdir=tmp_path,
                        sleep=60, task_timeout=3, nodes_per_block=2, run_timeout=300)

@@ -15,15 +15,9 @@ from fluxmpi.launch.htex import htex_mpi_config
 from fluxmpi.launch.paths import Plan
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import _cleanup_parsl, run_tasks
-from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def site(cluster):
-    return Site.from_local_cluster(cluster)
 
 
 def job_ids(cluster) -> set[str]:

@@ -50,13 +50,6 @@ def mpirun(np, cmd, **env):
     return proc
 
 
-@pytest.fixture(scope="module")
-def c_binary(tmp_path_factory):
-    if shutil.which("mpicc") is None:
-        pytest.skip("Open MPI's mpicc not installed (apt-get install openmpi-bin libopenmpi-dev)")
-    return compile_c_app(tmp_path_factory.mktemp("bin"), mpicc="mpicc")
-
-
 def command(app, c_binary, **kw):
     return app_command(app, c_binary=c_binary if app == "c" else None, **kw)
 

@@ -2,12 +2,15 @@
 and the placement checker on their real output: accepted as is, rejected when doctored."""
 
 import dataclasses
-import shutil
+import json
+import sys
 
 import pytest
 
+from conftest import REPO
 from fluxmpi import placement
-from fluxmpi.mpi_apps import app_command, compile_c_app
+from fluxmpi.launch.blocks import SLURM_TASKS_FIX
+from fluxmpi.mpi_apps import app_command
 
 pytestmark = pytest.mark.cluster
 
@@ -15,13 +18,6 @@ LAUNCHES = {
     "srun-pmix": ["srun", "--mpi=pmix", "-N2", "--ntasks-per-node=2"],
     "salloc-mpirun": ["salloc", "-N2", "--ntasks-per-node=2", "mpirun"],
 }
-
-
-@pytest.fixture(scope="module")
-def c_binary(tmp_path_factory):
-    if shutil.which("mpicc") is None:
-        pytest.skip("mpicc not installed: run install_scripts/install-cluster-deps.sh")
-    return compile_c_app(tmp_path_factory.mktemp("bin"))
 
 
 def run_app(cluster, launch, app, c_binary, out_dir, task, sleep=None):
@@ -63,3 +59,46 @@ def test_checker_rejects_doctored_real_output(cluster, c_binary, tmp_path):
     report = placement.check_run([placed, placement.TaskPlacement("t1", fake)], {"t0": spec, "t1": spec})
     assert not report.ok
     assert any(p.other_task for p in report.problems), report.render()
+
+
+
+# Inside a 2-node allocation, on its first node: STREAMS threads each launch ROUNDS 2-node Open MPI tasks back to
+# back through the htex-mpiexec path's own task body, so launches start while others end and clean up.
+CONCURRENT_MPIRUNS = """
+import glob, json, os, sys, tempfile, threading
+sys.path.insert(0, {repo!r})
+from fluxmpi.apps import run_mpi_task
+from fluxmpi.spec import MPITaskSpec
+spec = MPITaskSpec(nodes=2, ranks_per_node=1, exclusive=False).to_dict()
+errors, done = [], []
+def stream(s):
+    for r in range({rounds}):
+        try:
+            run_mpi_task(spec, "mpiexec-openmpi", [{binary!r}], f"s{{s}}r{{r}}", 120)
+            done.append(1)
+        except Exception as err:
+            errors.append(str(err))
+threads = [threading.Thread(target=stream, args=(s,)) for s in range({streams})]
+[t.start() for t in threads]
+[t.join() for t in threads]
+left = glob.glob(os.path.join(tempfile.gettempdir(), "fluxmpi-ompi-*"))
+print(json.dumps({{"done": len(done), "errors": errors, "left": left}}))
+"""
+
+
+def test_concurrent_mpiruns_on_one_node_never_collide_in_the_session_directory(cluster, c_binary, tmp_path):
+    """Issue 11: two mpiruns started at once on a block's first node (the nodes share /tmp) failed in
+    orte/util/session_dir.c. Each launch now has a session directory base of its own."""
+    streams, rounds = 4, 6
+    script = tmp_path / "concurrent.py"
+    script.write_text(CONCURRENT_MPIRUNS.format(repo=str(REPO), rounds=rounds, streams=streams,
+                                                binary=str(c_binary)))
+    batch = tmp_path / "job.sh"
+    batch.write_text(f"#!/bin/bash\n{SLURM_TASKS_FIX}\nexec {sys.executable} {script}\n")
+    proc = cluster.run(["sbatch", "-W", "-N2", "--exclusive", "-o", str(tmp_path / "out.txt"), str(batch)],
+                       timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out.txt").read_text().strip().splitlines()[-1])
+    assert not [e for e in report["errors"] if "session_dir" in e], report["errors"][:3]
+    assert report["errors"] == [] and report["done"] == streams * rounds, report["errors"][:3]
+    assert report["left"] == [], "session directory bases were left behind"

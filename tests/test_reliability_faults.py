@@ -16,12 +16,11 @@ import pytest
 
 from fluxmpi import faults
 from fluxmpi.launch.blocks import Resilience
-from fluxmpi.mpi_apps import app_command, compile_c_app
+from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import run_tasks
-from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec
 
-SLURMD_TIMEOUT = 10
+SLURMD_TIMEOUT = 10      # conftest's `site` sets it for this module
 FAST = dict(heartbeat_period=2, heartbeat_threshold=8, status_period=3)
 
 
@@ -29,11 +28,6 @@ FAST = dict(heartbeat_period=2, heartbeat_threshold=8, status_period=3)
 
 MPIRUN = ["mpirun", "--oversubscribe", "-np", "2"]
 ROOT_OK = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
-
-
-@pytest.fixture(scope="module")
-def c_binary(tmp_path_factory):
-    return compile_c_app(tmp_path_factory.mktemp("bin"))
 
 
 @pytest.mark.parametrize("app", ["c", "mpi4py"])
@@ -60,25 +54,6 @@ def test_apps_segfault_for_real(app, c_binary, tmp_path):
 
 
 # --- faults on the cluster -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def site(cluster):
-    previous = faults.set_slurmd_timeout(cluster, SLURMD_TIMEOUT)
-    yield Site.from_local_cluster(cluster)
-    faults.set_slurmd_timeout(cluster, previous)
-
-
-@pytest.fixture
-def healthy(cluster, site):
-    """After each test: every link up, every killed node powered on again, every node idle."""
-    yield
-    for node in cluster.layout.node_names:
-        faults.set_link(cluster, node, up=True)
-        if not faults.slurmd_running(cluster, node):
-            faults.revive_node(cluster, node)
-    for node in cluster.layout.node_names:
-        faults.wait_node_state(cluster, node, ("idle",), 120)
-
 
 def in_background(fn) -> dict:
     """Run the fault injector `fn(box)` in a thread while the run goes on; box collects what it did."""

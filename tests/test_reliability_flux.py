@@ -22,14 +22,10 @@ from fluxmpi import faults, placement
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.runner import run_tasks
 from fluxmpi.spec import MPITaskSpec
-# The HTEX fault tests' site (short SlurmdTimeout), clean-up after each test, and fault thread.
-from test_reliability_faults import healthy, in_background, site  # noqa: F401
-# Why Flux tests cannot run here (None when they can), as the Flux path's own tests decide it.
-from test_flux_cluster import FLUX_MISSING
+from test_reliability_faults import SLURMD_TIMEOUT, in_background  # noqa: F401 - the same short SlurmdTimeout
 
 
-pytestmark = [pytest.mark.cluster, pytest.mark.flux,
-              pytest.mark.skipif(FLUX_MISSING is not None, reason=f"needs a working flux-core: {FLUX_MISSING}")]
+pytestmark = [pytest.mark.cluster, pytest.mark.flux]
 
 FAST = Resilience(heartbeat_period=2, heartbeat_threshold=8, status_period=3)
 ONE_NODE = MPITaskSpec(nodes=1, ranks_per_node=2)     # fills a 2-core node: one task per node at a time

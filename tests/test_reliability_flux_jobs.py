@@ -27,7 +27,7 @@ import test_reliability_signals as signals
 from fluxmpi import faults
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.runner import run_tasks
-from test_reliability_flux import healthy, site  # noqa: F401 - fixtures shared with the Flux path's tests
+from test_reliability_faults import SLURMD_TIMEOUT  # noqa: F401 - the same short SlurmdTimeout
 
 pytestmark = flux_faults.pytestmark
 

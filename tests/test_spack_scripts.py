@@ -53,9 +53,8 @@ def test_bash_syntax(script):
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.shellcheck
 def test_shellcheck(script):
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     proc = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True,
                           timeout=60, cwd=SCRIPTS_DIR)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -18,9 +18,9 @@ from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
 from ..cluster import ClusterError, LayoutError, PreflightError
 from ..cluster.layout import DEFAULT_NAME
 from ..runner import RunError
-from ..site import SiteError, open_site
+from ..site import SiteError, open_site, running_local_nodes
 from ..spec import SpecError
-from .common import fail
+from .common import fail, given_options
 
 
 @click.command()
@@ -68,6 +68,9 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
     try:
         if cluster_nodes < 1:
             raise BenchError(f"--cluster-nodes {cluster_nodes} must be at least 1")
+        if cluster == "local" and "cluster_nodes" not in given_options():
+            # A local cluster already up is benchmarked as it is (the workloads are sized for its nodes).
+            cluster_nodes = running_local_nodes(cluster_name) or cluster_nodes
         names = parse_names(paths)
         wls = resolve(list(workloads), nodes=cluster_nodes, tasks=tasks, task_nodes=task_nodes,
                       ranks_per_node=ranks_per_node, sleep=sleep, busy=busy, seed=seed, quick=quick)
@@ -113,6 +116,7 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
     if failed:
         click.echo(f"fluxmpi: failed runs: {', '.join(failed)}", err=True)
     raise SystemExit(1 if failed else 0)
+
 
 
 def _command_line(ctx: click.Context) -> str:

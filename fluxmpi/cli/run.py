@@ -17,7 +17,7 @@ from ..mpi_apps import APPS, FAIL_MODES
 from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
 from ..spec import MPITaskSpec, SpecError, parse_walltime
-from .common import fail
+from .common import fail, given_options
 
 
 @click.command()
@@ -108,7 +108,7 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
         if warm is not None:
             slurm.check_warm_nodes(warm)
             warm_seconds = slurm.parse_duration(warm_for)
-        elif "warm_for" in _given():
+        elif "warm_for" in given_options():
             raise SpecError("--warm-for goes with --warm N")
         worker_init = ""
         if env_file:
@@ -121,7 +121,9 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
     note = lambda m: click.echo(m, err=True)  # noqa: E731
     site_open = False
     try:
-        with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name,
+        # A local cluster already up is used when it is big enough for the tasks, whatever --cluster-nodes says.
+        need = max(spec.nodes, nodes_per_block or 0)
+        with open_site(cluster, nodes=cluster_nodes, need=need, partition=partition, name=cluster_name,
                        log=lambda m: click.echo(m, err=True)) as site:
             site_open = True
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
@@ -184,9 +186,3 @@ def _report_failures(result: RunResult | None) -> None:
         click.echo(f"fluxmpi: cancelled block job {job} (its worker pool stopped answering) so a new one could "
                    f"take its tasks", err=True)
 
-
-def _given() -> set[str]:
-    """The options given on the command line (not left at their defaults)."""
-    ctx = click.get_current_context()
-    return {name for name in ctx.params
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}

@@ -20,10 +20,11 @@ from typing import Iterator
 
 from . import configs, network, preflight
 from .layout import ClusterLayout, LayoutError, load_state
-from .processes import (alive, command_of, names_path, pids_in_netns, pids_with_args, spawn_detached,
-                        terminate)
+from .processes import (alive, command_of, describe, names_path, pids_in_netns, pids_with_args,
+                        spawn_detached, terminate, wait_gone)
 
 UP_TIMEOUT = 90.0
+DOWN_WAIT = 15.0   # seconds `down` waits for the processes it stopped to leave the process table
 
 
 class ClusterError(RuntimeError):
@@ -391,6 +392,9 @@ class LocalCluster:
             if alive(pid) and names_path(command_of(pid), lay.state_dir):
                 victims.add(pid)
         forced = terminate(victims, grace=10)
+        # Return only once they are gone from the process table, so a `down` then `up` (or a check for
+        # leftovers) does not meet them; a zombie stays listed until its parent reaps it.
+        still = wait_gone(victims, DOWN_WAIT)
         for ns in network.leftover_netns(lay):
             network.ip("netns", "del", ns, check=False)
         for node in lay.node_names:
@@ -403,7 +407,10 @@ class LocalCluster:
         if (state or {}).get("created", {}).get("run_sshd") and not others:
             shutil.rmtree("/run/sshd", ignore_errors=True)
         msg = f"cluster {lay.name} down: stopped {len(victims)} processes"
-        return msg + (f" ({len(forced)} needed SIGKILL)" if forced else "")
+        msg += f" ({len(forced)} needed SIGKILL)" if forced else ""
+        if still:
+            msg += (f"; still listed {DOWN_WAIT:.0f}s later: {', '.join(describe(p) for p in sorted(still))}")
+        return msg
 
     @staticmethod
     def _stop_power_programs(lay: ClusterLayout) -> None:

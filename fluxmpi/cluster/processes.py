@@ -102,6 +102,31 @@ def terminate(pids: Iterable[int], grace: float = 10.0) -> list[int]:
     return killed
 
 
+def listed(pid: int) -> bool:
+    """True while pid has an entry in /proc, zombies included (`pgrep` and `ps` still show those)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until none of `pids` is listed any more (a stopped daemon stays a zombie until its parent, often
+    PID 1, reaps it); returns those still listed after `timeout` seconds."""
+    left = [p for p in set(pids) if listed(p)]
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if listed(p)]
+    return left
+
+
+def describe(pid: int) -> str:
+    """"1234 slurmd (zombie)": for messages about processes that would not go."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = "?"
+    return f"{pid} {name}" + ("" if alive(pid) else " (zombie: its parent has not reaped it)")
+
+
 def find_processes(executable: str) -> list[int]:
     """Pids whose argv[0] ends in `executable` (e.g. every slurmctld on the machine)."""
     found = []
