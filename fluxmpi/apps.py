@@ -101,31 +101,38 @@ def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
 
 
 def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, timeout: float | None = None,
-                 init: str = "", parsl_resource_specification: dict | None = None) -> dict:
+                 init: str = "", parsl_resource_specification: dict | None = None, stdout: str | None = None,
+                 stderr: str | None = None, cwd: str | None = None, env: dict | None = None) -> dict:
     """Launch one MPI task and wait for it (at most `timeout` seconds). Returns where and when it ran.
 
     init: shell lines sourced before launching (for paths whose tasks do not inherit the block's set-up).
+    stdout, stderr: files the task's output goes to (appended; kept after the task) instead of being captured.
+    cwd, env: the task's working directory, and variables set for it over the worker's environment.
     """
     from fluxmpi.spec import MPITaskSpec  # imported on the worker
 
     task_spec = MPITaskSpec.from_dict(spec)
+    environment = task_environment(init) if init else None
+    if env:
+        environment = {**(environment or os.environ), **{k: str(v) for k, v in env.items()}}
+    output = TaskOutput(stdout, stderr)
     if launcher == "flux":
-        return run_flux_rank(task_spec, app_argv, task, timeout, init)
+        return run_flux_rank(task_spec, app_argv, task, timeout, environment, output, cwd)
     nodes = task_nodes()
-    with openmpi_session_base(task, launcher == "mpiexec-openmpi") as session_base:
+    with openmpi_session_base(task, launcher == "mpiexec-openmpi") as session_base, output:
         argv = launch_argv(task_spec, launcher, nodes, app_argv, session_base)
         t_launch = time.time()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, env=task_environment(init) if init else None)
+        proc = subprocess.Popen(argv, stdout=output.out, stderr=output.err, text=True, cwd=cwd,
+                                start_new_session=True, env=environment)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = output.read(proc.communicate(timeout=timeout))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                out, err = proc.communicate(timeout=15)
+                out, err = output.read(proc.communicate(timeout=15))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                out, err = proc.communicate()
+                out, err = output.read(proc.communicate())
             raise MPITaskFailed(task, f"did not finish within {timeout:.0f}s on {','.join(nodes)}; killed",
                                 launcher_failures(err), _tail(err), argv)
     t_done = time.time()
@@ -135,9 +142,49 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
         raise MPITaskFailed(task, f"{argv[0]} exited with code {proc.returncode} on {','.join(nodes)}",
                             launcher_failures(err), _tail(err), argv)
     return {"task": task, "worker_host": socket.gethostname(), "nodes": nodes[:task_spec.nodes], "argv": argv,
-            "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
+            "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5), "returncode": 0,
+            "stdout": stdout, "stderr": stderr,
             # Which env file the block sourced (worker_init), so a run can show its workers got it.
             "env_file": os.environ.get("FLUXMPI_ENV_FILE")}
+
+
+class TaskOutput:
+    """Where a launch's stdout and stderr go: pipes read into memory, or files of the task's own (appended, so
+    the ranks of a Flux job, each running this, do not clobber one another). read() gives the text either way;
+    from a file, only its end (the part messages quote)."""
+
+    TAIL_BYTES = 64 * 1024
+
+    def __init__(self, stdout: str | None = None, stderr: str | None = None):
+        self.paths = (stdout, stderr)
+        self.out = self.err = subprocess.PIPE
+        self._files = []
+
+    def __enter__(self) -> "TaskOutput":
+        handles = []
+        for path in self.paths:
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                handles.append(open(path, "a"))
+                self._files.append(handles[-1])
+            else:
+                handles.append(subprocess.PIPE)
+        self.out, self.err = handles
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self._files:
+            f.close()
+
+    def read(self, captured: tuple) -> tuple[str, str]:
+        texts = []
+        for path, text in zip(self.paths, captured):
+            if path:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - self.TAIL_BYTES))
+                    text = f.read().decode(errors="replace")
+            texts.append(text or "")
+        return texts[0], texts[1]
 
 
 @contextlib.contextmanager
@@ -201,7 +248,8 @@ def task_environment(init: str, timeout: float = 120) -> dict[str, str]:
     return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
 
 
-def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = None, init: str = "") -> dict | None:
+def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = None, env: dict | None = None,
+                  output: TaskOutput | None = None, cwd: str | None = None) -> dict | None:
     """Be one rank of an MPI task that runs as a Flux job (Parsl's FluxExecutor runs this body once per rank).
 
     The MPI app starts as this rank: Flux's PMI reaches it through the inherited PMI_FD, and each rank writes
@@ -221,23 +269,24 @@ def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = 
         return None
     limits = [t for t in (timeout, spec.walltime) if t]
     limit = min(limits) if limits else None
-    env = task_environment(init) if init else None
+    output = output or TaskOutput()
     pmi_fd = os.environ.get("PMI_FD", "")
     t_launch = time.time()
     # Same process group as this rank, so a Flux job kill reaches the app too.
-    proc = subprocess.Popen(app_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            pass_fds=[int(pmi_fd)] if pmi_fd.isdigit() else [])
-    try:
-        out, err = proc.communicate(timeout=limit)
-        failure = None if proc.returncode == 0 else f"exited with code {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        proc.terminate()
+    with output:
+        proc = subprocess.Popen(app_argv, stdout=output.out, stderr=output.err, text=True, env=env, cwd=cwd,
+                                pass_fds=[int(pmi_fd)] if pmi_fd.isdigit() else [])
         try:
-            out, err = proc.communicate(timeout=15)
+            out, err = output.read(proc.communicate(timeout=limit))
+            failure = None if proc.returncode == 0 else f"exited with code {proc.returncode}"
         except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        failure = f"did not finish within {limit:.0f}s; killed"
+            proc.terminate()
+            try:
+                out, err = output.read(proc.communicate(timeout=15))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = output.read(proc.communicate())
+            failure = f"did not finish within {limit:.0f}s; killed"
     t_done = time.time()
     if failure:
         reason = f"rank {rank} of {size} ({os.path.basename(app_argv[0])}) {failure} on {host}"
@@ -250,6 +299,7 @@ def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = 
     return {"task": task, "worker_host": host, "flux_job_id": os.environ.get("FLUX_JOB_ID"),
             "nodes": None,  # Flux chose them; the ranks' records say which (placement)
             "ranks": size, "argv": app_argv, "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5),
+            "returncode": 0, "stdout": output.paths[0], "stderr": output.paths[1],
             "env_file": (env or os.environ).get("FLUXMPI_ENV_FILE")}
 
 

@@ -19,14 +19,19 @@ class ResumeError(SpecError):
     """--resume was given a workdir that holds no earlier run, or one of other tasks; says which and the fix."""
 
 
-def finished_tasks(workdir: str | Path, task_ids: list[str], specs: list[MPITaskSpec]) -> dict[str, dict]:
-    """{task id: the earlier run's outcome} of the tasks an earlier run in `workdir` finished."""
+def finished_tasks(workdir: str | Path, task_ids: list[str], specs: list[MPITaskSpec],
+                   commands: list[list[str]] | None = None) -> dict[str, dict]:
+    """{task id: the earlier run's outcome} of the tasks an earlier run in `workdir` finished.
+
+    commands: the user's programs of this run (None: the bundled app). A task whose command changed since is
+    not skipped: it runs again."""
     workdir = Path(workdir)
     run_json, manifest = workdir / "run.json", workdir / "manifest.json"
     if not run_json.is_file() and not manifest.is_file():
         raise ResumeError(f"--resume: {str(workdir)!r} holds no earlier run (no run.json or manifest.json): "
                           f"give the --workdir of the run to resume")
     wanted = {tid: spec.to_dict() for tid, spec in zip(task_ids, specs)}
+    command_of = dict(zip(task_ids, commands)) if commands is not None else {}
     done: dict[str, dict] = {}
     reported: set[str] = set()
     if run_json.is_file():
@@ -44,12 +49,15 @@ def finished_tasks(workdir: str | Path, task_ids: list[str], specs: list[MPITask
                 raise ResumeError(
                     f"--resume: task {tid} of the run in {workdir} was {_describe(outcome.get('spec'))}, this run "
                     f"asks {_describe(wanted[tid])}: give the same task options, or use another --workdir")
+            if commands is not None and outcome.get("command") != command_of[tid]:
+                continue   # another command under the same name: run it
             if outcome.get("ok"):
                 done[tid] = outcome
             if outcome.get("returned") is not None:
                 reported.add(tid)
     records_dir = workdir / "records"
-    if records_dir.is_dir():
+    # Rank records do not say which command wrote them: only the bundled app's tasks are judged by them.
+    if records_dir.is_dir() and commands is None:
         placements = placement.read_records(records_dir).placements()
         for tid, spec in zip(task_ids, specs):
             if tid in done or tid in reported or tid not in placements:

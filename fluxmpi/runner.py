@@ -26,10 +26,12 @@ from . import placement
 from .apps import compile_app, run_mpi_task
 from .faults import RankFault, as_faults, task_fault_options
 from .launch.blocks import ACTIVE_STATES, BlockWatch, Resilience, any_unresponsive, job_states
-from .launch.gate import NodeGate, check_policy
+from .launch.gate import check_policy
 from .launch.flux import flux_instance_gone, flux_lost_nodes, instance_gone_note
 from .launch.paths import LaunchPath, get_path
 from .mpi_apps import app_command
+from .mpiapp import MPICommand
+from .rank_wrapper import wrap
 from .resume import finished_tasks
 from .site import Site
 from .spec import MPITaskSpec, SpecError, parse_walltime
@@ -66,6 +68,7 @@ class TaskOutcome:
     attempts: int = 0                   # times it ran (more than 1 with retries)
     earlier_errors: list[str] = field(default_factory=list)   # why the attempts before the last failed
     skipped: bool = False               # finished in an earlier run of the same workdir (resume)
+    command: list[str] | None = None    # the user's program and arguments (None: the bundled app)
 
 
 @dataclass
@@ -105,6 +108,24 @@ class RunResult:
         data["ok"] = self.ok
         data["complete"] = True
         return data
+
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def _task_names(names: list[str] | None, count: int) -> list[str]:
+    """The tasks' names: given ones checked (they name files), else t0, t1, ..."""
+    if names is None:
+        return [f"t{i}" for i in range(count)]
+    if len(names) != count:
+        raise SpecError(f"{len(names)} names for {count} tasks: give one name per task")
+    bad = [n for n in names if not isinstance(n, str) or not _TASK_NAME.match(n)]
+    if bad:
+        raise SpecError(f"task name(s) {bad}: use letters, digits, '_', '.', '-' (they name files), at most 128")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpecError(f"task name(s) {twice} given more than once: each task needs a name of its own")
+    return list(names)
 
 
 def default_workdir(path: str) -> Path:
@@ -235,7 +256,9 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
               resume: bool = False,
               app_binary: str | os.PathLike | None = None, admission: str = "largest-first",
               log: Callable[[str], None] | None = None,
-              before_load: Callable[[], object] | None = None) -> RunResult:
+              before_load: Callable[[], object] | None = None,
+              commands: list[MPICommand] | None = None, names: list[str] | None = None,
+              timeouts: list[float | None] | None = None) -> RunResult:
     """Run `specs` concurrently through `path` on `site`; returns timings, outcomes and the placement check.
 
     retries: reruns of a failed task (overrides resilience.retries). resilience: heartbeats, how blocks are
@@ -246,6 +269,10 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     the user go. before_load: called once, after every input check and right
     before parsl.load submits the blocks (e.g. a warm hold's hand-over, fluxmpi.slurm.WarmHold.hand_over); it is
     not called when the input is refused or nothing is left to run.
+    commands: the user's own programs, one per spec (fluxmpi.MPICommand: argv, env, cwd), run behind the rank
+    wrapper (fluxmpi.rank_wrapper) instead of the bundled app; their output goes to WORKDIR/tasks/NAME.out/.err.
+    names: the tasks' names (files, messages, resume) [t0, t1, ...]. timeouts: per task, seconds before it is
+    killed (None: task_timeout).
     SIGINT / SIGTERM: the blocks are cancelled, run.json written, and RunInterrupted raised (result attached).
     """
     lp = get_path(path) if isinstance(path, str) else path
@@ -257,29 +284,43 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     for f in faults:
         for spec in specs:
             f.check(spec.ranks)
-    binary = check_app_binary(app, app_binary)
+    if commands is not None and len(commands) != len(specs):
+        raise SpecError(f"{len(commands)} commands for {len(specs)} task specs: give one command per task")
+    task_ids = _task_names(names, len(specs))
+    binary = check_app_binary(app, app_binary) if commands is None else None
     parse_walltime(walltime)                            # the blocks' walltime, checked before the config is built
     check_policy(admission)
     if resume and workdir is None:
         raise SpecError("resume needs the workdir of the run to resume: give --workdir")
     workdir = Path(workdir or default_workdir(lp.name)).resolve()
-    task_ids = [f"t{i}" for i in range(len(specs))]
-    earlier = finished_tasks(workdir, task_ids, specs) if resume else {}
+    index = {tid: i for i, tid in enumerate(task_ids)}
+    user_argvs = [list(c.argv) for c in commands] if commands is not None else None
+    earlier = finished_tasks(workdir, task_ids, specs, user_argvs) if resume else {}
     records_dir, bin_dir, markers = workdir / "records", workdir / "bin", workdir / "faults"
-    for d in (records_dir, bin_dir):
+    tasks_dir = workdir / "tasks"
+    for d in (records_dir, bin_dir, tasks_dir):
         d.mkdir(parents=True, exist_ok=True)
     once = any(f.once for f in faults)
-    _write_manifest(workdir, [records_dir, bin_dir, workdir / "runinfo", workdir / "run.json"]
+    _write_manifest(workdir, [records_dir, bin_dir, tasks_dir, workdir / "runinfo", workdir / "run.json"]
                     + ([markers] if once else []))
     if once:
         markers.mkdir(exist_ok=True)
-    c_binary = (binary or bin_dir / "mpi_hello") if app == "c" else None
-    app_argvs = [app_command(app, task=tid, out_dir=records_dir, sleep=sleep, busy=busy, c_binary=c_binary,
-                             **task_fault_options(faults, tid, markers)) for tid in task_ids]
+    if commands is not None:      # the user's programs, each rank behind the wrapper that records its placement
+        app_argvs = [wrap(argv, tid, records_dir) for argv, tid in zip(user_argvs, task_ids)]
+        io = [{"stdout": str(tasks_dir / f"{tid}.out"), "stderr": str(tasks_dir / f"{tid}.err"),
+               "cwd": c.cwd, "env": dict(c.env)} for tid, c in zip(task_ids, commands)]
+        for extra, limit in zip(io, timeouts or []):
+            if limit:
+                extra["timeout"] = limit
+    else:
+        c_binary = (binary or bin_dir / "mpi_hello") if app == "c" else None
+        app_argvs = [app_command(app, task=tid, out_dir=records_dir, sleep=sleep, busy=busy, c_binary=c_binary,
+                                 **task_fault_options(faults, tid, markers)) for tid in task_ids]
+        io = [{} for _ in task_ids]
 
     site.apply_env()
     plan = replace(plan, walltime=walltime, worker_init=worker_init, run_dir=str(workdir / "runinfo"),
-                   resilience=res)
+                   resilience=res, admission=admission)
     outcomes: list[TaskOutcome] = []
     for tid, spec in zip(task_ids, specs):
         if tid in earlier:
@@ -287,20 +328,21 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             outcomes.append(TaskOutcome(tid, spec.to_dict(), submitted=e.get("submitted") or 0.0,
                                         returned=e.get("returned"), ok=True, result=e.get("result"),
                                         admitted=e.get("admitted"), attempts=e.get("attempts") or 1,
-                                        skipped=True))
+                                        skipped=True, command=e.get("command")))
     if earlier and log:
         log(f"fluxmpi: resuming the run in {workdir}: skipping {len(earlier)} of {len(specs)} task(s) that "
-            f"finished before ({', '.join(sorted(earlier, key=lambda t: int(t[1:])))})")
-    todo = [(tid, spec, argv) for tid, spec, argv in zip(task_ids, specs, app_argvs) if tid not in earlier]
+            f"finished before ({', '.join(sorted(earlier, key=index.get))})")
+    todo = [(tid, spec, argv, extra) for tid, spec, argv, extra in zip(task_ids, specs, app_argvs, io)
+            if tid not in earlier]
     t_start = time.time()
     state = {"t_loaded": None, "t_compiled": None, "interrupted": None, "cancelled": [], "retired": []}
-    writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries)
+    writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries, index)
     if not todo:
         if log:
             log("fluxmpi: every task finished in the earlier run; nothing to submit")
         return writer.finish(specs, None, state)
 
-    dfk = gate = watch = None
+    dfk = watch = None
     someone_elses = _loaded_dfk()    # parsl.load refuses to replace it; the clean-up must leave it alone
     failures = _FailureLog()
     with _SignalGuard() as guard:
@@ -312,30 +354,28 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
                 before_load()     # inside the guard: Ctrl-C while it waits still ends the run cleanly
             dfk = parsl.load(config)
             state["t_loaded"] = time.time()
-            gate = NodeGate(plan.gate_capacity, policy=admission) if plan.gate_capacity else None
             watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout)
             run_app = _python_app(run_mpi_task, lp.label)
             task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
-            if app == "c" and binary is None:
-                state["t_compiled"] = _compile_first(lp, gate, bin_dir, site, task_kw)
+            if commands is None and app == "c" and binary is None:
+                state["t_compiled"] = _compile_first(lp, bin_dir, site, task_kw)
             futures: dict[Future, TaskOutcome] = {}
             app_futures: dict[str, Future] = {}
-            for tid, spec, argv in todo:
-                outcome = TaskOutcome(tid, spec.to_dict(), submitted=time.time())
+            for tid, spec, argv, extra in todo:
+                outcome = TaskOutcome(tid, spec.to_dict(), submitted=time.time(),
+                                      command=user_argvs[index[tid]] if user_argvs else None)
                 rs = lp.resources(spec, site)
-
-                def start(spec=spec, argv=argv, tid=tid, rs=rs, outcome=outcome) -> Future:
-                    kwargs = {"parsl_resource_specification": rs} if rs else {}
-                    outcome.admitted = time.time()
-                    app_futures[tid] = run_app(spec.to_dict(), lp.launcher, argv, tid, task_timeout, **task_kw,
-                                               **kwargs)
-                    return app_futures[tid]
-                fut = gate.submit(spec.nodes, start, label=f"task {tid}") if gate else start()
+                kwargs = {"parsl_resource_specification": rs} if rs else {}
+                outcome.admitted = time.time()    # the executor's node gate may say later (see _record)
+                extra = dict(extra)
+                limit = extra.pop("timeout", task_timeout)
+                fut = app_futures[tid] = run_app(spec.to_dict(), lp.launcher, argv, tid, limit, **task_kw,
+                                                 **extra, **kwargs)
                 fut.add_done_callback(lambda f, o=outcome: (_record(o, f, app_futures.get(o.task), failures),
                                                             writer.write(complete=False)))
                 futures[fut] = outcome
                 outcomes.append(outcome)
-            outcomes.sort(key=lambda o: int(o.task[1:]))
+            outcomes.sort(key=lambda o: index[o.task])
             skipped = len(earlier)
             progress = on_progress and (lambda done, total: on_progress(done + skipped, total + skipped))
             _wait_all(futures, run_timeout, progress, watch,
@@ -344,8 +384,6 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             state["interrupted"] = err.signal_name
         finally:
             guard.hold()     # from here on a signal only prints a note: the clean-up must finish
-            if gate:
-                gate.cancel_waiting()
             why = f"interrupted by {state['interrupted']}" if state["interrupted"] else "the run stopped"
             for o in outcomes:
                 if o.returned is None and o.error is None:
@@ -374,9 +412,9 @@ class _RunJsonWriter:
     """Keeps run.json current: after every finished task (complete: false) and once at the end."""
 
     def __init__(self, path: str, site: str, workdir: Path, t_start: float, outcomes: list[TaskOutcome],
-                 retries: int):
+                 retries: int, index: dict[str, int]):
         self.path, self.site, self.workdir, self.t_start = path, site, workdir, t_start
-        self.outcomes, self.retries = outcomes, retries
+        self.outcomes, self.retries, self.index = outcomes, retries, index
         self._lock = threading.Lock()
 
     def _dump(self, data: dict) -> None:
@@ -397,7 +435,7 @@ class _RunJsonWriter:
         # A failed task's surviving ranks may have written records; its failure is reported, not its placement.
         failed = {o.task for o in self.outcomes if not o.ok}
         records = placement.Records([r for r in records.records if r.task not in failed], records.problems)
-        expected = {o.task: specs[int(o.task[1:])] for o in self.outcomes if o.ok}
+        expected = {o.task: specs[self.index[o.task]] for o in self.outcomes if o.ok}
         report = placement.check_run(records, expected)
         leaders: set[str] = set()
         for o in self.outcomes if watch else ():
@@ -430,17 +468,14 @@ class _RunJsonWriter:
         return result
 
 
-def _compile_first(lp: LaunchPath, gate: NodeGate | None, bin_dir: Path, site: Site,
-                   task_kw: dict | None = None) -> float:
+def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site, task_kw: dict | None = None) -> float:
     """Compile the C app as the run's first task, on a compute node; fail the run clearly if it cannot."""
     compile_task = _python_app(compile_app, lp.label)
     one = MPITaskSpec(nodes=1, ranks_per_node=1)
     rs = lp.resources(one, site)
     kwargs = {"parsl_resource_specification": rs} if rs else {}
 
-    def start() -> Future:
-        return compile_task(str(bin_dir), **(task_kw or {}), **kwargs)
-    fut = gate.submit(1, start, label="compile") if gate else start()
+    fut = compile_task(str(bin_dir), **(task_kw or {}), **kwargs)
     try:
         fut.result(timeout=COMPILE_TIMEOUT)
     except TimeoutError:
@@ -502,6 +537,10 @@ def _record(outcome: TaskOutcome, fut: Future, app_future: Future | None = None,
     else:  # may come after an interruption note was set: it finished all the same
         outcome.ok, outcome.result, outcome.error = True, fut.result(), None
     record = getattr(app_future, "task_record", None) or {}
+    # The executor's own node gate (GatedMPIExecutor) says when the last attempt's nodes were free.
+    admitted = getattr(record.get("exec_fu"), "fluxmpi_admitted", None)
+    if admitted is not None:
+        outcome.admitted = admitted
     outcome.attempts = int(record.get("fail_count", 0) or 0) + (1 if outcome.ok else 0)
     history = failures.of(app_future) if failures else []
     outcome.earlier_errors = history if outcome.ok else history[:-1]

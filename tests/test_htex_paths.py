@@ -5,14 +5,14 @@ from concurrent.futures import wait
 
 import parsl
 import pytest
+from parsl.executors import MPIExecutor
 
 from fluxmpi import slurm
 from click.testing import CliRunner
 
 from fluxmpi.apps import run_mpi_task
 from fluxmpi.cli import main
-from fluxmpi.launch.htex import htex_mpi_config
-from fluxmpi.launch.paths import Plan
+from fluxmpi.launch.blocks import BlockShape, slurm_provider
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import _cleanup_parsl, run_tasks
 from fluxmpi.spec import MPITaskSpec, SpecError
@@ -65,8 +65,9 @@ def test_plain_parsl_drops_results_of_the_mixed_backlog(site, tmp_path):
     """The same workload submitted straight to MPIExecutor: what the gate exists for. If this starts failing,
     Parsl has fixed its backlog (the recursion in the manager) and the gate is only a convenience."""
     site.apply_env()
-    plan = Plan(nodes_per_block=4, blocks=1, gate_capacity=0, run_dir=str(tmp_path / "runinfo"))
-    dfk = parsl.load(htex_mpi_config(site, nodes_per_block=4, run_dir=plan.run_dir, label="plain_mpi"))
+    stock = MPIExecutor(label="plain_mpi", address=site.address, max_workers_per_block=4, mpi_launcher="srun",
+                        provider=slurm_provider(site, BlockShape.build(site, 4)))
+    dfk = parsl.load(parsl.Config(executors=[stock], run_dir=str(tmp_path / "runinfo")))
     try:
         app = parsl.python_app(run_mpi_task, executors=["plain_mpi"])
         futures = []

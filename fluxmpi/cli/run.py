@@ -1,4 +1,9 @@
-"""`fluxmpi run`: K concurrent copies of one MPI task through a launch path, with their placements checked."""
+"""`fluxmpi run`: MPI tasks through a launch path, with their placements checked.
+
+    fluxmpi run -N 2 --ranks-per-node 4 --repeats 8 -- ./wrf.exe namelist     # the user's own program
+    fluxmpi run --tasks ensemble.yaml                                          # named tasks of their own sizes
+    fluxmpi run -N 2 --repeats 2                                               # the bundled hello app
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,19 @@ from ..faults import RankFault
 from ..launch.blocks import Resilience
 from ..launch.paths import PATHS
 from .. import spackenv
+from .. import taskfile
 from ..mpi_apps import APPS, FAIL_MODES
+from ..mpiapp import MPICommand
 from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
 from ..spec import MPITaskSpec, SpecError, parse_walltime
 from .common import fail, given_options
 
 
-@click.command()
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--tasks", "tasks_file", type=click.Path(dir_okay=False), default=None,
+              help="A task file (YAML, JSON or CSV) of named tasks, each with its command and size; see fluxmpi.taskfile.")
 @click.option("--path", "path", type=click.Choice(list(PATHS)), default="htex", show_default=True,
               help="Launch path.")
 @click.option("-N", "--nodes", default=None, help="Nodes per task.")
@@ -72,18 +82,44 @@ from .common import fail, given_options
                    "blocks are submitted so they land on warm nodes (elastic clusters; docs/operations.md).")
 @click.option("--warm-for", default="10m", show_default=True,
               help="With --warm: the longest the hold may last (90s, 10m, HH:MM:SS); it ends sooner at the hand-over.")
-def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
+def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
         cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
         run_timeout, resume, retries, heartbeat_period, heartbeat_threshold, status_period, max_block_failures,
         block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once, warm, warm_for) -> None:
-    """Run --repeats copies of one MPI task concurrently and check where every rank ran.
+    """Run MPI tasks concurrently and check where every rank ran: --repeats copies of COMMAND (after `--`), the
+    tasks of a --tasks file, or, with neither, of the bundled hello app (--app).
 
-    Prints a placement table (one row per task) and exits 1 if any task failed or was misplaced; 130 / 143
-    after SIGINT / SIGTERM, which cancel the run's blocks and keep run.json for --resume.
+    Each rank of a user's command runs behind a small wrapper that records where it ran; its output goes to
+    WORKDIR/tasks/NAME.out and .err. Prints a placement table (one row per task) and exits 1 if any task
+    failed or was misplaced; 130 / 143 after SIGINT / SIGTERM, which cancel the run's blocks and keep run.json
+    for --resume (which then skips what finished, and reruns a task whose command changed).
     """
+    names = commands = timeouts = None
     try:
-        spec = MPITaskSpec.build(nodes=nodes, ranks_per_node=ranks_per_node, ranks=ranks,
-                                 cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
+        given = given_options()
+        if command and tasks_file:
+            raise SpecError("give a COMMAND after `--` or --tasks FILE, not both")
+        bundled_only = sorted(given & {"app", "sleep", "busy", "app_binary", "fail_rank", "fail_tasks", "fail_once"})
+        if (command or tasks_file) and bundled_only:
+            raise SpecError(f"--{bundled_only[0].replace('_', '-')} is for the bundled app; a COMMAND or --tasks "
+                            f"runs your own program as it is")
+        if tasks_file:
+            sized = sorted(given & {"nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "repeats"})
+            if sized:
+                raise SpecError(f"--{sized[0].replace('_', '-')} does not go with --tasks: each task of the file "
+                                f"gives its own size (and `repeats`)")
+            entries = taskfile.load_tasks(tasks_file)       # the whole file checked before anything else
+            specs = [e.spec for e in entries]
+            names = [e.name for e in entries]
+            commands = [MPICommand(e.command, env=e.env, cwd=e.cwd) for e in entries]
+            timeouts = [e.timeout for e in entries]
+            spec = max(specs, key=lambda s: s.nodes)
+        else:
+            spec = MPITaskSpec.build(nodes=nodes, ranks_per_node=ranks_per_node, ranks=ranks,
+                                     cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
+            specs = [spec] * repeats
+            if command:
+                commands = [MPICommand.of(list(command), where="COMMAND")] * repeats
         if repeats < 1:
             raise SpecError(f"--repeats {repeats} must be at least 1")
         if run_timeout <= 0:
@@ -108,7 +144,7 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
         if warm is not None:
             slurm.check_warm_nodes(warm)
             warm_seconds = slurm.parse_duration(warm_for)
-        elif "warm_for" in given_options():
+        elif "warm_for" in given:
             raise SpecError("--warm-for goes with --warm N")
         worker_init = ""
         if env_file:
@@ -117,29 +153,34 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
             worker_init = spackenv.worker_init_line(env_path)
     except (SpecError, spackenv.EnvFileError, slurm.WarmError) as err:
         fail(str(err), code=2)
-    specs = [spec] * repeats
     note = lambda m: click.echo(m, err=True)  # noqa: E731
     site_open = False
     try:
-        # A local cluster already up is used when it is big enough for the tasks, whatever --cluster-nodes says.
-        need = max(spec.nodes, nodes_per_block or 0)
-        with open_site(cluster, nodes=cluster_nodes, need=need, partition=partition, name=cluster_name,
+        # A local cluster already up is used whatever --cluster-nodes says (the size to boot one with); the
+        # checks below refuse, naming the task, only what does not fit on it.
+        with open_site(cluster, nodes=cluster_nodes, need=1, partition=partition, name=cluster_name,
                        log=lambda m: click.echo(m, err=True)) as site:
             site_open = True
+            if tasks_file:     # each task against the site, named by the file's task and field
+                taskfile.load_tasks(tasks_file, max_nodes=nodes_per_block or site.nodes,
+                                    cores_per_node=site.cores_per_node, gpus_per_node=site.gpus_per_node)
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
             if warm is not None:
                 slurm.check_warm_nodes(warm, site.nodes, f"partition {site.partition!r} of {site.name}")
-            click.echo(f"fluxmpi: {repeats} x {spec} via {path} on {site.name}", err=True)
+            what = (f"{len(specs)} tasks of {tasks_file}" if tasks_file else
+                    f"{repeats} x {spec}" + (f" {' '.join(command)}" if command else ""))
+            click.echo(f"fluxmpi: {what} via {path} on {site.name}", err=True)
             # The hold starts as soon as the site is known, so the nodes power up while the run starts.
             warming = (slurm.warm_nodes(warm, warm_seconds, partition=site.partition, env=site.env, log=note)
                        if warm else nullcontext())
-            with warming as hold, tqdm(total=repeats, desc=f"{path}", unit="task",
+            with warming as hold, tqdm(total=len(specs), desc=f"{path}", unit="task",
                                        file=click.get_text_stream("stderr"), disable=None) as bar:
                 result = run_tasks(path, site, specs, app=app, workdir=workdir, sleep=sleep, busy=busy,
                                    nodes_per_block=nodes_per_block, walltime=walltime, task_timeout=task_timeout,
                                    worker_init=worker_init, run_timeout=run_timeout, resilience=resilience,
                                    fault=fault, resume=resume, app_binary=app_binary,
                                    log=note, on_progress=lambda done, total: bar.update(done - bar.n),
+                                   commands=commands, names=names, timeouts=timeouts,
                                    before_load=(lambda: hold.hand_over(log=note)) if hold else None)
     except RunInterrupted as err:
         _report_failures(err.result)
@@ -154,6 +195,8 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
         fail(str(err), code=2)
     except slurm.SlurmError as err:
         fail(f"warm hold: {err}")
+    except taskfile.TaskFileError as err:
+        fail(str(err), code=2)
     except (SpecError, SiteError, RunError) as err:
         if isinstance(err, SiteError) and cluster == "slurm" and not site_open:
             # Name the Slurm that was asked: the config the environment points at.
@@ -162,8 +205,9 @@ def run(path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repea
         fail(str(err), code=2 if isinstance(err, SpecError) else 1)
     click.echo(result.placement_report)
     _report_failures(result)
+    outputs = " (each task's output: tasks/NAME.out, .err)" if commands else ""
     click.echo(f"fluxmpi: {len(result.tasks) - len(result.failed)}/{len(result.tasks)} tasks ok, "
-               f"{result.t_end - result.t_start:.1f}s; records and logs in {result.workdir}", err=True)
+               f"{result.t_end - result.t_start:.1f}s; records and logs in {result.workdir}{outputs}", err=True)
     raise SystemExit(0 if result.ok else 1)
 
 

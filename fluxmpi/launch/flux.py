@@ -181,6 +181,29 @@ def task_init(site: Site, worker_init: str = "") -> str:
     return "\n".join(line for line in (site.worker_init, worker_init) if line.strip())
 
 
+class FluxMPIExecutor(FluxExecutor):
+    """Parsl's FluxExecutor, saying how fluxmpi's task bodies run on it: once per rank (launcher "flux"), with
+    the resources a spec becomes here and the set-up lines each rank sources (FluxExecutor tasks skip the
+    block's worker_init). A task larger than the block is refused at submit (Flux would keep it pending until
+    the block ends)."""
+
+    fluxmpi_launcher = "flux"
+
+    def __init__(self, *, nodes_per_block: int, cores_per_node: int, task_init: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.nodes_per_block, self.cores_per_node, self.fluxmpi_task_init = nodes_per_block, cores_per_node, task_init
+
+    def fluxmpi_resources(self, spec: MPITaskSpec) -> dict[str, int]:
+        return flux_resource_spec(spec, self.cores_per_node)
+
+    def submit(self, func, resource_specification, *args, **kwargs):
+        nodes = (resource_specification or {}).get("num_nodes") or 1
+        if nodes > self.nodes_per_block:
+            raise SpecError(f"a task asks for {nodes} nodes but the Flux instance of {self.label} has "
+                            f"{self.nodes_per_block}: it could never run; ask for at most {self.nodes_per_block}")
+        return super().submit(func, resource_specification, *args, **kwargs)
+
+
 def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,
                 worker_init: str = "", run_dir: str = "runinfo", label: str = "flux",
                 install: FluxInstall | None = None, broker_pmi: str = BROKER_PMI,
@@ -203,7 +226,10 @@ def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int
                                    broker_pmi, link_timeout=res.heartbeat_threshold)
     if apply_env:
         os.environ.update(client_env)
-    executor = FluxExecutor(
+    executor = FluxMPIExecutor(
+        nodes_per_block=shape.nodes_per_block,
+        cores_per_node=site.cores_per_node,
+        task_init=task_init(site, worker_init),
         label=label,
         provider=slurm_provider(site, shape, worker_init, sbatch_options=(SURVIVE_NODE_LOSS,)),
         working_dir=os.path.join(os.path.abspath(run_dir), label),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..apps import MPITaskFailed, run_mpi_task
+from ..mpiapp import MPICommand, command_argv, output_paths, run_mpi_app
 from ..spec import MPITaskSpec, SpecError
 
 LAUNCHER = "flux-jobs"   # the `launcher` argument the runner passes run_mpi_task on this path
@@ -62,6 +63,8 @@ class JobRequest:
     app_argv: list[str] = field(default_factory=list)
     call_file: str | None = None     # python jobs: the packed call, and where the result is written
     result_file: str | None = None
+    env: dict = field(default_factory=dict)     # set for the job over the block's environment
+    cwd: str | None = None                      # the job's working directory [the executor's]
 
 
 def _is(func: Callable, target: Callable) -> bool:
@@ -70,7 +73,9 @@ def _is(func: Callable, target: Callable) -> bool:
 
 def mpi_request(func: Callable, resource_specification: dict | None, args: tuple, kwargs: dict,
                 out_dir: str | Path) -> JobRequest | None:
-    """The job for a call of run_mpi_task (None for any other function)."""
+    """The job for a call of run_mpi_task or of an @mpi_app's body (None for any other function)."""
+    if _is(func, run_mpi_app):
+        return _mpi_app_request(resource_specification, args, kwargs, out_dir)
     if not _is(func, run_mpi_task):
         return None
     bound = inspect.signature(run_mpi_task).bind(*args, **kwargs)
@@ -95,8 +100,26 @@ def mpi_request(func: Callable, resource_specification: dict | None, args: tuple
         command = ["bash", "-c", f'{a["init"]}\nexec "$@"', "fluxmpi-task", *argv]
     limits = [t for t in (a["timeout"], spec.walltime) if t]
     out = Path(out_dir)
-    return JobRequest(task=task, spec=spec, command=command, duration=float(min(limits)) if limits else None,
-                      stdout=str(out / f"{task}.out"), stderr=str(out / f"{task}.err"), app_argv=argv)
+    req = JobRequest(task=task, spec=spec, command=command, duration=float(min(limits)) if limits else None,
+                     stdout=a["stdout"] or str(out / f"{task}.out"), stderr=a["stderr"] or str(out / f"{task}.err"),
+                     app_argv=argv, env={k: str(v) for k, v in (a["env"] or {}).items()}, cwd=a["cwd"])
+    for path in (req.stdout, req.stderr):     # the task's own files may be anywhere the user said
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return req
+
+
+def _mpi_app_request(resource_specification: dict | None, args: tuple, kwargs: dict,
+                     out_dir: str | Path) -> JobRequest:
+    """An @mpi_app call as a Flux job: its function builds the command here, at submission (Parsl has resolved
+    the arguments by then), and Flux runs that command as every rank."""
+    call, user_args = args[0], args[1:]
+    user_kwargs = {k: v for k, v in kwargs.items() if k != "parsl_resource_specification"}
+    cmd = MPICommand.of(call["fn"](*user_args, **user_kwargs), where=f"task {call['task']}")
+    stdout, stderr = output_paths(cmd, call)
+    return mpi_request(run_mpi_task, resource_specification,
+                       (call["spec"], call["launcher"], command_argv(cmd, call), call["task"], call.get("timeout"),
+                        call.get("init", "")), {"stdout": stdout, "stderr": stderr, "cwd": cmd.cwd, "env": cmd.env},
+                       out_dir)
 
 
 def python_request(name: str, resource_specification: dict | None, python: str, out_dir: str | Path) -> JobRequest:
@@ -123,8 +146,8 @@ def jobspec(req: JobRequest, environment: dict[str, str], cwd: str, avoid: Itera
     if avoid:
         system["constraints"] = {"not": [{"hostlist": sorted(avoid)}]}
     system["duration"] = req.duration or 0
-    system["cwd"] = cwd
-    system["environment"] = dict(environment)
+    system["cwd"] = req.cwd or cwd
+    system["environment"] = {**environment, **req.env}
     system["job"] = {"name": f"fluxmpi-{req.task}"}
     system["shell"] = {"options": {
         "output": {stream: {"type": "file", "path": path, "label": True}
@@ -191,7 +214,8 @@ def task_result(req: JobRequest, end: JobEnd, env_file: str | None = None) -> di
             "nodes": list(end.nodes), "ranks": req.spec.ranks, "argv": req.app_argv or req.command,
             # Flux's own stamps: job shells started (start) and all exited (finish).
             "t_launch": end.times.get("start"), "t_done": end.times.get("finish", end.times.get("clean")),
-            "stdout_tail": read_tail(req.stdout, 5), "env_file": env_file}
+            "stdout_tail": read_tail(req.stdout, 5), "env_file": env_file, "returncode": 0,
+            "stdout": req.stdout, "stderr": req.stderr}
 
 
 def task_failure(req: JobRequest, end: JobEnd) -> MPITaskFailed:

@@ -33,13 +33,14 @@ from parsl.jobs.states import TERMINAL_STATES
 from parsl.utils import RepresentationMixin
 
 from ..site import Site
+from ..spec import MPITaskSpec
 from .blocks import BlockShape, job_states, slurm_provider
 from .flux import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
 from .flux_block import block_command
 from .flux_client import InstanceClient
 from .flux_install import FluxInstall, check_flux
-from .flux_job_tasks import (FluxJobsError, JobEnd, JobRequest, check_fits, jobspec, mpi_request, python_request,
-                             task_failure, task_result)
+from .flux_job_tasks import (LAUNCHER, FluxJobsError, JobEnd, JobRequest, check_fits, jobspec, mpi_request,
+                             python_request, resource_spec, task_failure, task_result)
 
 URI_TIMEOUT = 300.0        # seconds for the block to start and publish its instance (queue wait included)
 BLOCK_LOOK_PERIOD = 3.0    # seconds between squeue looks while waiting for the instance
@@ -74,6 +75,12 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     working_dir: instance info, per-task stdout/stderr, packed Python calls. walltime: the block's, in seconds
     (the instance shuts down shortly before). uri_timeout: how long the block may take to publish its instance.
     """
+
+    fluxmpi_launcher = LAUNCHER     # how fluxmpi's task bodies run here (fluxmpi.mpiapp)
+
+    @staticmethod
+    def fluxmpi_resources(spec: MPITaskSpec) -> dict:
+        return resource_spec(spec)
 
     def __init__(self, provider, *, label: str = "flux_jobs", nodes_per_block: int = 1, cores_per_node: int = 1,
                  gpus_per_node: int = 0, flux_path: str = "flux", working_dir: str | None = None,

@@ -17,6 +17,7 @@ A task that does not fit never blocks one behind it that does, under either poli
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class NodeGate:
                 self.free -= item.nodes
                 ready.append(item)
         for item in ready:
+            item.proxy.fluxmpi_admitted = time.time()    # when its nodes were free (the runner's records)
             try:
                 inner = item.start()
             except BaseException as err:  # submission itself failed: free the nodes, fail this task only

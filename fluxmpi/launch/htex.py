@@ -8,18 +8,21 @@ task spec (`fluxmpi.apps`), so it is integral and uses flags the installed MPI a
 from __future__ import annotations
 
 from parsl.config import Config
-from parsl.executors import MPIExecutor
 
 from ..site import Site
 from .blocks import BlockShape, Resilience, slurm_provider
+from .executors import GatedMPIExecutor
 
 LAUNCHERS = ("srun", "mpiexec")
+# How fluxmpi's task bodies start ranks under each (fluxmpi.apps.launch_argv): Debian's mpiexec is Open MPI's.
+_RANK_LAUNCHER = {"srun": "srun", "mpiexec": "mpiexec-openmpi"}
 
 
 def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: int | None = None,
                     blocks: int = 1, walltime: int | str = 1800, worker_init: str = "",
                     run_dir: str = "runinfo", label: str = "htex_mpi",
-                    heartbeat_threshold: int | None = None, resilience: Resilience | None = None) -> Config:
+                    heartbeat_threshold: int | None = None, resilience: Resilience | None = None,
+                    admission: str = "largest-first") -> Config:
     """A Parsl Config running MPI tasks through MPIExecutor + SlurmProvider.
 
     site: where to run (partition, node size, address compute nodes use to reach this process).
@@ -30,13 +33,17 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
     worker_init: extra shell lines run in each block before the worker pool (e.g. `source env.sh`).
     resilience: heartbeats, block status polling and tolerated block failures [Resilience()];
         heartbeat_threshold, if given, overrides its threshold.
+    admission: which waiting task the executor's node gate admits first (fluxmpi.launch.gate).
     """
     res = resilience or Resilience()
     threshold = heartbeat_threshold or res.heartbeat_threshold
     if mpi_launcher not in LAUNCHERS:
         raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {LAUNCHERS}")
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
-    executor = MPIExecutor(
+    executor = GatedMPIExecutor(
+        nodes_per_block=shape.nodes_per_block,
+        admission=admission,
+        fluxmpi_launcher=_RANK_LAUNCHER[mpi_launcher],
         label=label,
         address=site.address,
         # Each task holds at least one node, so a block never runs more tasks than it has nodes.

@@ -20,11 +20,12 @@ class Plan:
     """What a path needs to know about a run's tasks before building its config."""
     nodes_per_block: int
     blocks: int
-    gate_capacity: int         # nodes fluxmpi lets be busy at once (0: no gate, the executor queues)
+    gate_capacity: int         # nodes the runner lets be busy at once (0: the executor admits, or queues)
     walltime: int | str = 1800
     worker_init: str = ""
     run_dir: str = "runinfo"
     resilience: Resilience = field(default_factory=Resilience)
+    admission: str = "largest-first"      # the executor's node gate policy (fluxmpi.launch.gate)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _block_for(site: Site, specs: list[MPITaskSpec], nodes_per_block: int | None
 
 def _plan_shared_block(site, specs, nodes_per_block):
     npb = _block_for(site, specs, nodes_per_block)
-    return Plan(nodes_per_block=npb, blocks=1, gate_capacity=npb)
+    return Plan(nodes_per_block=npb, blocks=1, gate_capacity=0)   # the executor gates (GatedMPIExecutor)
 
 
 def _plan_static(site, specs, nodes_per_block):
@@ -96,7 +97,8 @@ def _htex_config(mpi_launcher: str):
         from .htex import htex_mpi_config
         return htex_mpi_config(site, mpi_launcher=mpi_launcher, nodes_per_block=plan.nodes_per_block,
                                blocks=plan.blocks, walltime=plan.walltime, worker_init=plan.worker_init,
-                               run_dir=plan.run_dir, label=f"htex_{mpi_launcher}", resilience=plan.resilience)
+                               run_dir=plan.run_dir, label=f"htex_{mpi_launcher}", resilience=plan.resilience,
+                               admission=plan.admission)
     return build
 
 

@@ -8,12 +8,10 @@ Slurm task counts are widened by `blocks.slurm_provider`).
 from __future__ import annotations
 
 from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
 
 from ..site import Site
 from .blocks import BlockShape, Resilience, slurm_provider
-
-
+from .executors import StaticBlocksExecutor
 
 def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, walltime: int | str = 1800,
                          worker_init: str = "", run_dir: str = "runinfo", label: str = "htex_static",
@@ -27,7 +25,8 @@ def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, w
     res = resilience or Resilience()
     threshold = heartbeat_threshold or res.heartbeat_threshold
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
-    executor = HighThroughputExecutor(
+    executor = StaticBlocksExecutor(
+        nodes_per_block=shape.nodes_per_block,
         label=label,
         address=site.address,
         max_workers_per_node=1,

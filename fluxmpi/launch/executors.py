@@ -1,0 +1,130 @@
+"""The HTEX-family executors fluxmpi's configs use: Parsl's own, subclassed so the fixes travel with them.
+
+A Parsl user who loads `fluxmpi.config("htex", ...)` and keeps their own apps (a `@bash_app` using
+`$PARSL_MPI_PREFIX`, or `@fluxmpi.mpi_app`) gets, from the executor itself:
+- admission by free nodes (fluxmpi.launch.gate): a task goes to Parsl's MPIExecutor only when its nodes are
+  free, so the executor never backlogs and its backlog defects (a RecursionError that drops a finished task's
+  result; a too-large task that waits forever) cannot trigger;
+- a task larger than the block refused at submit, naming the task's size and the block's;
+- integral resource specifications: the key a user leaves out is derived exactly (or refused) instead of with
+  `/`, which gave Parsl's prefix `-ppn 4.0` or `--ntasks-per-node 1.333`.
+Each executor also says how its ranks start (`fluxmpi_launcher`) and which resource specification a task spec
+becomes on it (`fluxmpi_resources`), which is how one `@fluxmpi.mpi_app` runs unchanged on every path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from parsl.executors import HighThroughputExecutor, MPIExecutor
+
+from ..spec import MPITaskSpec, SpecError
+from .gate import NodeGate, check_policy
+
+logger = logging.getLogger(__name__)
+
+# The keys of Parsl's MPI resource specification that size a task.
+_SIZE_KEYS = ("num_nodes", "num_ranks", "ranks_per_node")
+
+
+def complete_resource_spec(rs: dict | None) -> dict:
+    """Parsl's MPI resource specification with all three size keys, as whole numbers.
+
+    Any two of num_nodes / num_ranks / ranks_per_node give the third exactly; num_nodes alone means one rank per
+    node. A count that does not split evenly is refused with the fix, instead of becoming a fraction. None of
+    them (a workflow's compile or set-up step): one node, one rank, where MPIExecutor would refuse the task."""
+    rs = dict(rs or {})
+    given = {k: rs[k] for k in _SIZE_KEYS if rs.get(k) is not None}
+    if not given:
+        given = {"num_nodes": 1, "num_ranks": 1}
+    try:
+        spec = MPITaskSpec.build(nodes=given.get("num_nodes"), ranks_per_node=given.get("ranks_per_node"),
+                                 ranks=given.get("num_ranks"))
+    except SpecError as err:
+        raise SpecError(f"parsl_resource_specification {given}: {err}") from None
+    return {**rs, **spec.parsl_resource_spec()}
+
+
+class GatedMPIExecutor(MPIExecutor):
+    """Parsl's MPIExecutor with admission by free nodes and submit-time refusal of tasks that cannot fit.
+
+    nodes_per_block: nodes of each block (the gate's capacity). admission: which waiting task goes first when
+    nodes free up ("largest-first" or "in-order", see fluxmpi.launch.gate). fluxmpi_launcher: how
+    `@fluxmpi.mpi_app` tasks start their ranks here ("srun" or "mpiexec-openmpi"). Other arguments: MPIExecutor's.
+    """
+
+    def __init__(self, *, nodes_per_block: int, admission: str = "largest-first",
+                 fluxmpi_launcher: str = "srun", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.nodes_per_block = nodes_per_block
+        self.admission = check_policy(admission)
+        self.fluxmpi_launcher = fluxmpi_launcher
+        self._gate = NodeGate(nodes_per_block, policy=admission)
+        self._submit_lock = threading.Lock()   # the gate submits from its own threads, outside the DFK's lock
+
+    @staticmethod
+    def fluxmpi_resources(spec: MPITaskSpec) -> dict:
+        return spec.parsl_resource_spec()
+
+    @property
+    def waiting(self) -> int:
+        """Tasks held back by the gate (their nodes are not free yet)."""
+        return self._gate.waiting
+
+    def submit(self, func: Callable, resource_specification: dict, *args: Any, **kwargs: Any) -> Future:
+        rs = complete_resource_spec(resource_specification)
+        nodes = int(rs.get("num_nodes", 1))
+        label = f"task {getattr(func, '__name__', 'app')} ({nodes} nodes)"
+
+        def start() -> Future:
+            with self._submit_lock:
+                return MPIExecutor.submit(self, func, rs, *args, **kwargs)
+        fut = self._gate.submit(nodes, start, label=label)
+        if not fut.done():
+            logger.debug("%s waits for free nodes (%d of %d free)", label, self._gate.free, self.nodes_per_block)
+        return fut
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        cancelled = self._gate.cancel_waiting()
+        if cancelled:
+            logger.info("%s: %d task(s) never admitted (shut down first)", self.label, cancelled)
+        super().shutdown(*args, **kwargs)
+
+
+class StaticBlocksExecutor(HighThroughputExecutor):
+    """HTEX with one worker per block and every task spanning the whole block (the pre-MPI-mode workaround).
+
+    A task of another size than the block is refused at submit: a smaller one would leave nodes idle and a
+    larger one could never run."""
+
+    fluxmpi_launcher = "srun"
+
+    def __init__(self, *, nodes_per_block: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.nodes_per_block = nodes_per_block
+
+    @staticmethod
+    def fluxmpi_resources(spec: MPITaskSpec) -> None:
+        return None
+
+    def submit(self, func: Callable, resource_specification: dict, *args: Any, **kwargs: Any) -> Future:
+        spec = _mpi_app_spec(args, kwargs)
+        if spec is not None and spec.nodes != self.nodes_per_block:
+            raise SpecError(f"a {spec.nodes}-node task cannot run on {self.label}, whose blocks each run one task over "
+                            f"all their {self.nodes_per_block} nodes: use tasks of {self.nodes_per_block} nodes, or "
+                            f"the htex path for mixed sizes")
+        return super().submit(func, resource_specification, *args, **kwargs)
+
+
+def _mpi_app_spec(args: tuple, kwargs: dict) -> MPITaskSpec | None:
+    """The task spec of a fluxmpi task body's call (run_mpi_task / run_mpi_app), else None."""
+    spec = kwargs.get("spec", args[0] if args and isinstance(args[0], dict) else None)
+    if isinstance(spec, dict) and "nodes" in spec:
+        try:
+            return MPITaskSpec.from_dict(spec)
+        except SpecError:
+            return None
+    return None
