@@ -5,7 +5,7 @@
         parsl.load(fluxmpi.config("htex", site=site, nodes_per_block=4))
         ... the workflow's own apps, unchanged ...
 
-Every executor in these configs carries fluxmpi's fixes itself (fluxmpi.launch.executors, .flux, .flux_jobs), so
+Every executor in these configs carries fluxmpi's fixes itself (fluxmpi.launch.executors, fluxmpi.launch.flux), so
 nothing else in the workflow needs to change. Options each path takes (all optional):
 
 | option | paths | meaning |
@@ -75,10 +75,10 @@ def config(path: str, site: Site, **options: Any) -> Config:
         built = static_blocks_config(site, nodes_per_block=npb, blocks=options.get("blocks") or
                                      max(1, site.nodes // npb), resilience=res, **common)
     elif path == "flux":
-        from .launch.flux import flux_config
+        from .launch.flux.executor import flux_config
         built = flux_config(site, resilience=res, **common)
     elif path == "flux-jobs":
-        from .launch.flux_jobs import flux_jobs_config
+        from .launch.flux.jobs import flux_jobs_config
         built = flux_jobs_config(site, status_period=res.status_period, link_timeout=res.heartbeat_threshold,
                                  **common)
     else:

@@ -88,7 +88,7 @@ def check_parsl() -> Check:
 
 
 def check_flux() -> Check:
-    from .launch import flux_install as fi     # reuses the Flux path's own checks
+    from .launch.flux import install as fi     # reuses the Flux path's own checks
     try:
         flux = fi.find_flux()
     except fi.FluxSetupError as err:

@@ -159,7 +159,7 @@ def app_command(
     writing ``out_dir/<task>.<rank>.json``. The C app needs ``c_binary`` (see
     :func:`compile_c_app`).
 
-    Fault injection (see fluxmpi.faults.RankFault): ``fail_rank`` makes that rank fail right after MPI_Init,
+    Fault injection (see fluxmpi.rankfault.RankFault): ``fail_rank`` makes that rank fail right after MPI_Init,
     ``fail_mode`` "exit" (code 3) or "segv"; with ``fail_once_marker`` only while that file does not exist.
     """
     if app not in APPS:

@@ -24,10 +24,10 @@ import parsl
 
 from . import placement
 from .apps import compile_app, run_mpi_task
-from .faults import RankFault, as_faults, task_fault_options
+from .rankfault import RankFault, as_faults, task_fault_options
 from .launch.blocks import ACTIVE_STATES, BlockWatch, Resilience, any_unresponsive, job_states
 from .launch.gate import check_policy
-from .launch.flux import flux_instance_gone, flux_lost_nodes, instance_gone_note
+from .launch.flux.executor import flux_instance_gone, flux_lost_nodes, instance_gone_note
 from .launch.paths import LaunchPath, get_path
 from .mpi_apps import app_command
 from .mpiapp import MPICommand
@@ -263,7 +263,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
 
     retries: reruns of a failed task (overrides resilience.retries). resilience: heartbeats, how blocks are
     watched and replaced, block_timeout (fluxmpi.launch.blocks.Resilience). fault: make one rank of chosen tasks
-    fail (fluxmpi.faults.RankFault; given several, a task gets the first that applies to it). resume: skip the
+    fail (fluxmpi.rankfault.RankFault; given several, a task gets the first that applies to it). resume: skip the
     tasks an earlier run in `workdir` finished. app_binary: a built C app to run instead of compiling one on the
     cluster. admission: which waiting task the node gate admits first (fluxmpi.launch.gate). log: where notes for
     the user go. before_load: called once, after every input check and right

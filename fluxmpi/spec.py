@@ -336,6 +336,8 @@ class MPITaskSpec:
         its nodes. --cpus-per-task is always given so a block's inherited SLURM_CPUS_PER_TASK
         cannot change the step. --time is rounded up to minutes by Slurm.
         `mpi=None` leaves the plugin to the cluster's MpiDefault; Debian's Open MPI needs "pmix".
+        --kill-on-bad-exit=1: one rank that fails ends the step, as mpirun and Flux (exit-on-error) end theirs;
+        srun's default leaves the other ranks waiting for it in MPI_Init or a collective until a time limit.
         """
         argv = [
             "srun",
@@ -343,6 +345,7 @@ class MPITaskSpec:
             "--ntasks", str(self.ranks),
             "--ntasks-per-node", str(self.ranks_per_node),
             "--cpus-per-task", str(self.cores_per_rank),
+            "--kill-on-bad-exit=1",
         ]
         if self.gpus_per_rank:
             argv += ["--gpus-per-task", str(self.gpus_per_rank)]

@@ -34,7 +34,7 @@
 
 #define PROG "mpi_hello"
 #define TASK_ID_MAX 128
-/* Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.faults.FAIL_EXIT_CODE). */
+/* Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.rankfault.FAIL_EXIT_CODE). */
 #define FAIL_EXIT_CODE 3
 
 static const char *const GPU_VARS[] = {

@@ -28,7 +28,7 @@ GPU_VARS = (
 # The task id becomes part of a file name: keep it to a safe, short alphabet
 # (the same rule as mpi_hello.c and fluxmpi/mpi_apps.py).
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-# Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.faults.FAIL_EXIT_CODE).
+# Exit code of a rank failed on purpose with --fail-mode exit (fluxmpi.rankfault.FAIL_EXIT_CODE).
 FAIL_EXIT_CODE = 3
 
 

@@ -38,7 +38,7 @@ def cluster_unavailable_reason() -> str | None:
 
 def flux_unavailable_reason() -> str | None:
     """Why the Flux paths cannot run here (flux-core, its Python bindings, their versions), or None."""
-    from fluxmpi.launch.flux_install import FluxSetupError, check_flux
+    from fluxmpi.launch.flux.install import FluxSetupError, check_flux
     try:
         check_flux()
     except FluxSetupError as err:
@@ -107,7 +107,7 @@ def site(cluster, request):
     if timeout is None:
         yield Site.from_local_cluster(cluster)
         return
-    from fluxmpi import faults
+    import faults
     previous = faults.set_slurmd_timeout(cluster, timeout)
     try:
         yield Site.from_local_cluster(cluster)
@@ -119,7 +119,7 @@ def site(cluster, request):
 def healthy(cluster, site):
     """After each test: every link up, every killed node powered on again, every node idle."""
     yield
-    from fluxmpi import faults
+    import faults
     for node in cluster.layout.node_names:
         faults.set_link(cluster, node, up=True)
         if not faults.slurmd_running(cluster, node):

@@ -41,7 +41,7 @@ def test_every_path_is_a_row_run_or_explained(quick_run):
         if r["status"] == "unavailable":
             assert r["reason"], r["name"]
     # Slurm is here, so the srun-based paths and their baseline must have run.
-    for name in ("bare-srun", "htex", "htex-mpiexec", "static", "bare-mpirun"):
+    for name in ("bare-srun", "htex", "htex+wrap", "htex-mpiexec", "static", "bare-mpirun"):
         assert runs[name]["status"] == "ok", runs[name]["reason"]
 
 

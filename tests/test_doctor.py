@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fluxmpi import doctor, placement
 from fluxmpi.cli.doctor import doctor_command
-from fluxmpi.launch import flux_install
+from fluxmpi.launch.flux import install as flux_install
 from fluxmpi.mpi_apps import app_command, compile_c_app
 
 HAS_OMPI = shutil.which("ompi_info") is not None

@@ -18,13 +18,13 @@ import pytest
 
 from fluxmpi import placement, slurm
 from fluxmpi.apps import MPITaskFailed, run_mpi_task
-from fluxmpi.faults import RankFault
-from fluxmpi.launch.flux_block import block_command, job_environment
-from fluxmpi.launch.flux_install import FluxInstall, FluxSetupError
-from fluxmpi.launch.flux_job_tasks import (LAUNCHER, FluxJobsError, JobEnd, check_fits, jobspec, mpi_request,
+from fluxmpi.rankfault import RankFault
+from fluxmpi.launch.flux.block import block_command, job_environment
+from fluxmpi.launch.flux.install import FluxInstall, FluxSetupError
+from fluxmpi.launch.flux.jobspec import (LAUNCHER, FluxJobsError, JobEnd, check_fits, jobspec, mpi_request,
                                            python_request, resource_spec, spec_from_resources, task_failure,
                                            task_result)
-from fluxmpi.launch.flux_jobs import FluxJobsBlockError, FluxJobsExecutor, flux_jobs_config
+from fluxmpi.launch.flux.jobs import FluxJobsBlockError, FluxJobsExecutor, flux_jobs_config
 from fluxmpi.launch.paths import get_path
 from fluxmpi.runner import _cleanup_parsl, run_tasks
 from fluxmpi.site import Site
@@ -140,7 +140,7 @@ def test_the_jobspec_has_the_shape_limits_environment_and_labelled_output_files(
 
 def test_a_python_call_runs_under_the_given_python_with_its_files(tmp_path):
     req = python_request("parsl-3", {"num_nodes": 1, "num_tasks": 1}, "/opt/py/bin/python3", tmp_path)
-    assert req.command == ["/opt/py/bin/python3", "-m", "fluxmpi.launch.flux_pyjob", req.call_file, req.result_file]
+    assert req.command == ["/opt/py/bin/python3", "-m", "fluxmpi.launch.flux.pyjob", req.call_file, req.result_file]
     assert req.kind == "python" and req.spec.ranks == 1
 
 
@@ -148,7 +148,7 @@ def test_flux_pyjob_runs_a_packed_call_and_writes_its_result(tmp_path):
     from parsl.serialize import deserialize, pack_apply_message
     call, result = tmp_path / "c", tmp_path / "r"
     call.write_bytes(pack_apply_message(divmod, (17, 5), {}))
-    proc = subprocess.run([sys.executable, "-m", "fluxmpi.launch.flux_pyjob", str(call), str(result)],
+    proc = subprocess.run([sys.executable, "-m", "fluxmpi.launch.flux.pyjob", str(call), str(result)],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(
                               Path(__file__).resolve().parent.parent)})
     assert proc.returncode == 0, proc.stderr
@@ -201,7 +201,7 @@ def test_the_block_starts_one_broker_per_node_with_the_publisher_as_initial_prog
     assert words[:8] == ["srun", "--mpi=pmi2", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
                          "--cpus-per-task=2", "--cpu-bind=none", "--no-kill"]
     assert words[8:] == ["/usr/local/bin/flux", "start", "-Stbon.tcp_user_timeout=30s", "/py", "-m",
-                         "fluxmpi.launch.flux_block", "/run/block-0/instance.json", "/usr/local/bin/flux", "600"]
+                         "fluxmpi.launch.flux.block", "/run/block-0/instance.json", "/usr/local/bin/flux", "600"]
     assert "-Stbon" not in block_command("/i.json", "flux", 3, 2, 600)
 
 
@@ -214,7 +214,7 @@ def test_jobs_get_the_blocks_environment_without_the_brokers_own_variables():
 def test_the_block_program_refuses_to_run_outside_flux(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FLUX_URI"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run([sys.executable, "-m", "fluxmpi.launch.flux_block", str(tmp_path / "i.json"), "flux", "60"],
+    proc = subprocess.run([sys.executable, "-m", "fluxmpi.launch.flux.block", str(tmp_path / "i.json"), "flux", "60"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "FLUX_URI is unset" in proc.stderr
     assert not (tmp_path / "i.json").exists()

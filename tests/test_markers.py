@@ -54,5 +54,5 @@ def test_the_check_itself_finds_an_unmarked_flux_test(tmp_path, monkeypatch):
 @pytest.mark.flux
 def test_the_marker_skips_with_the_reason_where_flux_is_absent():
     """Runs only where Flux works: conftest's skip let it through, so its own check passes here."""
-    from fluxmpi.launch.flux_install import check_flux
+    from fluxmpi.launch.flux.install import check_flux
     assert check_flux().version

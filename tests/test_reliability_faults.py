@@ -1,5 +1,5 @@
 """Real faults during runs on the local cluster: a failing rank, a node that dies, a walltime that ends, a link
-that goes down. Each fault is injected for real (fluxmpi.faults) and the test checks what the run did with it:
+that goes down. Each fault is injected for real (tests/faults.py) and the test checks what the run did with it:
 nothing finished is lost, the run completes on what is left or stops within a bound with a message.
 
 Thresholds are shortened so the faults show within seconds (docs/reliability.md has the production values):
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from fluxmpi import faults
+import faults
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import run_tasks

@@ -1,5 +1,5 @@
 """Node and link faults on the Flux path (FluxExecutor, one Flux broker per node of one Slurm block), injected
-for real on the local cluster (fluxmpi.faults) while tasks run.
+for real on the local cluster (tests/faults.py) while tasks run.
 
 What is checked (docs/reliability.md, "What each fault did"):
 - a node other than the block's first dies: the Flux jobs with ranks there fail ("node failure on HOST"), Parsl
@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from fluxmpi import faults, placement
+import faults
+from fluxmpi import placement
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.runner import run_tasks
 from fluxmpi.spec import MPITaskSpec

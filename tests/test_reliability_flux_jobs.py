@@ -24,7 +24,7 @@ import time
 
 import test_reliability_flux as flux_faults
 import test_reliability_signals as signals
-from fluxmpi import faults
+import faults
 from fluxmpi.launch.blocks import Resilience
 from fluxmpi.runner import run_tasks
 from test_reliability_faults import SLURMD_TIMEOUT  # noqa: F401 - the same short SlurmdTimeout

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from fluxmpi import slurm
 from fluxmpi.cli import main
-from fluxmpi.faults import RankFault
+from fluxmpi.rankfault import RankFault
 from fluxmpi.launch.blocks import BlockShape, Resilience
 from fluxmpi.launch.htex import htex_mpi_config
 from fluxmpi.mpi_apps import MpiAppError, app_command

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fluxmpi import spack_recipes as sr
+import spack_recipes as sr
 
 REPO = Path(__file__).resolve().parent.parent
 SPACK_DIR = REPO / "spack"

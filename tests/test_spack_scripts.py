@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fluxmpi import spack_recipes, spackenv
+import spack_recipes
+from fluxmpi import spackenv
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = REPO / "install_scripts"

@@ -215,14 +215,15 @@ def test_parsl_resource_spec():
 def test_srun_args():
     assert BASIC.srun_args() == [
         "srun", "--nodes", "2", "--ntasks", "4", "--ntasks-per-node", "2", "--cpus-per-task", "1",
-        "--time", "00:10:00", "--mpi=pmix",
+        "--kill-on-bad-exit=1", "--time", "00:10:00", "--mpi=pmix",
     ]
     assert RICH.srun_args(mpi="pmi2", nodelist=["n1", "n2", "n3"]) == [
         "srun", "--nodes", "3", "--ntasks", "6", "--ntasks-per-node", "2", "--cpus-per-task", "4",
-        "--gpus-per-task", "1", "--exact", "--time", "1-02:03:04", "--nodelist", "n1,n2,n3", "--mpi=pmi2",
+        "--kill-on-bad-exit=1", "--gpus-per-task", "1", "--exact", "--time", "1-02:03:04", "--nodelist", "n1,n2,n3", "--mpi=pmi2",
     ]
     assert MPITaskSpec(1, 1).srun_args(mpi=None, nodelist="n7") == [
-        "srun", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--cpus-per-task", "1", "--nodelist", "n7",
+        "srun", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1", "--cpus-per-task", "1",
+        "--kill-on-bad-exit=1", "--nodelist", "n7",
     ]
 
 

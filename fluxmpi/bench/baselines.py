@@ -222,7 +222,7 @@ def _flux_command() -> tuple[str | None, str | None]:
     """(the `flux` command, None) or (None, why not): the Flux launch path's own check, which also finds a
     flux-core that is not on PATH and refuses bindings built for another release."""
     try:
-        from ..launch.flux_install import check_flux
+        from ..launch.flux.install import check_flux
     except ImportError:            # the Flux launch path is not part of this installation: check the basics
         flux = shutil.which("flux")
         if flux is None:

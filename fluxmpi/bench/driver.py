@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from .. import __version__, slurm
 from ..launch.paths import PATHS
+from ..mpi_apps import app_command, compile_c_app
+from ..mpiapp import MPICommand
 from ..runner import RunError, RunResult, run_tasks
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
@@ -30,11 +32,16 @@ from .records import RawRun, fill_from_records, new_task
 from .workload import Workload
 
 BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux", "flux-jobs")
-NAMES = BENCH_PATHS + BASELINES
+# The user-app path: the same app run as a user's own command (`fluxmpi run -- CMD`), each rank behind the rank
+# wrapper that records its placement, so the wrapper's cost shows against the path and its bare baseline.
+WRAP_SUFFIX = "+wrap"
+WRAPPED = ("htex" + WRAP_SUFFIX, "flux-jobs" + WRAP_SUFFIX)
+NAMES = BENCH_PATHS + WRAPPED + BASELINES
 BASELINE_OF = {"htex": "bare-srun", "htex-mpiexec": "bare-mpirun", "static": "bare-srun", "flux": "bare-flux",
-               "flux-jobs": "bare-flux"}
+               "flux-jobs": "bare-flux", "htex+wrap": "bare-srun", "flux-jobs+wrap": "bare-flux"}
 # Each path runs right after its baseline, so both see the same machine load.
-ORDER = ("bare-srun", "htex", "static", "bare-mpirun", "htex-mpiexec", "bare-flux", "flux-jobs", "flux")
+ORDER = ("bare-srun", "htex", "htex+wrap", "static", "bare-mpirun", "htex-mpiexec", "bare-flux", "flux-jobs",
+         "flux-jobs+wrap", "flux")
 IDLE_TIMEOUT = 60.0
 
 
@@ -56,6 +63,7 @@ def parse_names(text: str | None) -> list[str]:
 
 def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot run on this machine at all, or None."""
+    name = name.removesuffix(WRAP_SUFFIX)
     if name == "flux" and "flux" not in PATHS:
         return "flux path not implemented"
     if name in ("flux", "flux-jobs", "bare-flux"):
@@ -68,7 +76,7 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def not_applicable_reason(name: str, workload: Workload) -> str | None:
-    if name == "static" and workload.mixed_sizes:
+    if name.removesuffix(WRAP_SUFFIX) == "static" and workload.mixed_sizes:
         return "not applicable: mixed sizes (static blocks run one task size)"
     return None
 
@@ -162,10 +170,12 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
                 raw = run_bare_flux(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
                                     on_progress=on_progress)
             else:
+                own = user_commands(wl, workdir) if name.endswith(WRAP_SUFFIX) else {}
                 with warmth.holding(warm, site, log) as hold:
-                    result = run_tasks(name, site, wl.specs(), app="c", workdir=workdir, task_timeout=task_timeout,
-                                       run_timeout=run_timeout, on_progress=on_progress, **wl.app_work(),
-                                       before_load=(lambda: hold.hand_over(log=log)) if hold else None)
+                    result = run_tasks(name.removesuffix(WRAP_SUFFIX), site, wl.specs(), app="c", workdir=workdir,
+                                       task_timeout=task_timeout, run_timeout=run_timeout, on_progress=on_progress,
+                                       before_load=(lambda: hold.hand_over(log=log)) if hold else None,
+                                       **(own or wl.app_work()))
                 raw = from_run_result(result)
                 if warm is not None or cold_start is not None:
                     raw.warm = warmth.describe(hold, powered_down, raw.t_start)
@@ -183,6 +193,16 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
         f"{_fmt(s.get('overhead_median'))} s, makespan {_fmt(s.get('makespan'))} s"
         + (f" ({raw.reason})" if raw.reason else ""))
     return raw
+
+
+def user_commands(wl: Workload, workdir: Path) -> dict:
+    """run_tasks' arguments that run the bench's C app as a user's own command (behind the rank wrapper).
+
+    Built here, before the run, as a user's program is: so a +wrap row's start-up has no compile task in it."""
+    binary = compile_c_app(workdir / "bin")
+    # The app prints its own record on stdout (into the task's .out file); the wrapper's records are the proof.
+    argv = app_command("c", task="user-app", out_dir=None, c_binary=binary, **wl.app_work())
+    return {"commands": [MPICommand(tuple(argv))] * len(wl.specs())}
 
 
 def _broken(name: str, kind: str, reason: str, workdir: Path, t_begin: float, wl: Workload, log) -> RawRun:

@@ -14,7 +14,7 @@ import click
 from tqdm import tqdm
 
 from .. import slurm
-from ..faults import RankFault
+from ..rankfault import RankFault
 from ..launch.blocks import Resilience
 from ..launch.paths import PATHS
 from .. import spackenv

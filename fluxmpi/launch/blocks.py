@@ -39,7 +39,7 @@ class Resilience:
     heartbeat_period, heartbeat_threshold: a worker pool (HTEX paths; it runs on its block's first node)
         heartbeats every period; after threshold seconds of silence the interchange declares it lost and fails
         its tasks (then retried). A link outage shorter than the threshold is ridden out. On the Flux path the
-        threshold is the brokers' link timeout (tbon.tcp_user_timeout, see fluxmpi.launch.flux).
+        threshold is the brokers' link timeout (tbon.tcp_user_timeout, see fluxmpi.launch.flux.executor).
     status_period: seconds between Parsl's polls of the blocks' Slurm jobs: how soon a dead block is noticed
         and replaced (SlurmProvider's own fixed value is 60).
     max_block_failures: consecutive failed blocks (e.g. NODE_FAIL) after which Parsl stops replacing them and

@@ -116,8 +116,8 @@ def _plain_config(site: Site, plan: Plan) -> Config:
 
 
 def _plan_flux(site, specs, nodes_per_block):
-    from .flux import check_exclusive_fits
-    from .flux_install import check_flux
+    from .flux.executor import check_exclusive_fits
+    from .flux.install import check_flux
 
     check_flux()  # flux, its Python bindings and their versions, before anything is submitted
     for i, spec in enumerate(specs):
@@ -130,23 +130,23 @@ def _plan_flux(site, specs, nodes_per_block):
 
 
 def _flux_config(site: Site, plan: Plan) -> Config:
-    from .flux import flux_config
+    from .flux.executor import flux_config
     return flux_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
                        worker_init=plan.worker_init, run_dir=plan.run_dir, resilience=plan.resilience)
 
 
 def _flux_resources(spec: MPITaskSpec, site: Site) -> dict:
-    from .flux import flux_resource_spec
+    from .flux.executor import flux_resource_spec
     return flux_resource_spec(spec, site.cores_per_node)
 
 
 def _flux_task_kwargs(site: Site, plan: Plan) -> dict:
-    from .flux import task_init
+    from .flux.executor import task_init
     return {"init": task_init(site, plan.worker_init)}
 
 
 def _plan_flux_jobs(site, specs, nodes_per_block):
-    from .flux_install import check_flux
+    from .flux.install import check_flux
 
     check_flux()
     # One block; no gate: Flux queues the jobs and places them (exclusive is a jobspec key here, no core split).
@@ -154,7 +154,7 @@ def _plan_flux_jobs(site, specs, nodes_per_block):
 
 
 def _flux_jobs_config(site: Site, plan: Plan) -> Config:
-    from .flux_jobs import flux_jobs_config
+    from .flux.jobs import flux_jobs_config
     return flux_jobs_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
                             worker_init=plan.worker_init, run_dir=plan.run_dir,
                             status_period=plan.resilience.status_period,
@@ -162,7 +162,7 @@ def _flux_jobs_config(site: Site, plan: Plan) -> Config:
 
 
 def _flux_jobs_resources(spec: MPITaskSpec) -> dict:
-    from .flux_job_tasks import resource_spec
+    from .flux.jobspec import resource_spec
     return resource_spec(spec)
 
 

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..site import SiteError
+from ...site import SiteError
 
 FLUX_VAR = "FLUXMPI_FLUX"            # the flux command, or the prefix it is installed under
 # Where flux-core is commonly installed when it is not on PATH (source builds, site installs).

@@ -2,9 +2,9 @@
 
 An MPI task (a call of fluxmpi.apps.run_mpi_task) becomes a job whose command is the MPI app itself: Flux starts
 the ranks, nothing else runs per rank. Any other Python call (the run's compile task) becomes a one-rank job
-running fluxmpi.launch.flux_pyjob, which costs a Python start-up but needs nothing from the caller.
+running fluxmpi.launch.flux.pyjob, which costs a Python start-up but needs nothing from the caller.
 
-No broker is needed for anything here: the executor (fluxmpi.launch.flux_jobs) supplies the job's events.
+No broker is needed for anything here: the executor (fluxmpi.launch.flux.jobs) supplies the job's events.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..apps import MPITaskFailed, run_mpi_task
-from ..mpiapp import MPICommand, command_argv, output_paths, run_mpi_app
-from ..spec import MPITaskSpec, SpecError
+from ...apps import MPITaskFailed, run_mpi_task
+from ...mpiapp import MPICommand, command_argv, output_paths, run_mpi_app
+from ...spec import MPITaskSpec, SpecError
 
 LAUNCHER = "flux-jobs"   # the `launcher` argument the runner passes run_mpi_task on this path
 # The resource_specification keys this path reads (FluxExecutor's four plus exclusive); any other is refused.
@@ -59,7 +59,7 @@ class JobRequest:
     duration: float | None           # seconds; None: no limit
     stdout: str
     stderr: str
-    kind: str = "mpi"                # "mpi": command is the MPI app; "python": a flux_pyjob call
+    kind: str = "mpi"                # "mpi": command is the MPI app; "python": a fluxmpi.launch.flux.pyjob call
     app_argv: list[str] = field(default_factory=list)
     call_file: str | None = None     # python jobs: the packed call, and where the result is written
     result_file: str | None = None
@@ -127,7 +127,7 @@ def python_request(name: str, resource_specification: dict | None, python: str, 
     out = Path(out_dir)
     call, result = str(out / f"{name}.call"), str(out / f"{name}.result")
     return JobRequest(task=name, spec=spec_from_resources(resource_specification),
-                      command=[python, "-m", "fluxmpi.launch.flux_pyjob", call, result], duration=None,
+                      command=[python, "-m", "fluxmpi.launch.flux.pyjob", call, result], duration=None,
                       stdout=str(out / f"{name}.out"), stderr=str(out / f"{name}.err"), kind="python",
                       call_file=call, result_file=result)
 

@@ -1,6 +1,6 @@
 """Run one packed Python call as a Flux job (the flux-jobs path's non-MPI tasks, e.g. compiling the C app).
 
-    python -m fluxmpi.launch.flux_pyjob CALL_FILE RESULT_FILE
+    python -m fluxmpi.launch.flux.pyjob CALL_FILE RESULT_FILE
 
 CALL_FILE holds Parsl's packed (function, args, kwargs) (parsl.serialize.pack_apply_message); the serialized
 return value goes to RESULT_FILE. Parsl app functions return exceptions as a RemoteExceptionWrapper, which the
@@ -28,5 +28,5 @@ def main(call_file: str, result_file: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m fluxmpi.launch.flux_pyjob CALL_FILE RESULT_FILE")
+        sys.exit("usage: python -m fluxmpi.launch.flux.pyjob CALL_FILE RESULT_FILE")
     sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -1,11 +1,11 @@
 """The flux-jobs path's block: one Flux broker per node, and this small program as the instance's initial program.
 
-    srun --mpi=pmi2 -N N --ntasks-per-node=1 --no-kill ... flux start python -m fluxmpi.launch.flux_block INFO FLUX SECONDS
+    srun --mpi=pmi2 -N N --ntasks-per-node=1 --no-kill ... flux start python -m fluxmpi.launch.flux.block INFO FLUX SECONDS
 
 It publishes how to reach the instance from outside (`flux uri --remote`: ssh://FIRST-NODE/...), the Python it
 runs under and the block's environment (after the site's worker_init) in INFO, then waits until the block is
 cancelled or its walltime is nearly over. The login side reads INFO and submits MPI tasks as Flux jobs itself
-(fluxmpi.launch.flux_jobs). Only the standard library is imported: the block should be up in well under a second.
+(fluxmpi.launch.flux.jobs). Only the standard library is imported: the block should be up in well under a second.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def block_command(info_file: str, flux: str, nodes: int, cores_per_node: int, wa
                   python: str | None = None, link_timeout: int | None = None) -> str:
     """The shell command a Slurm block runs (after its worker_init): brokers on every node as the Flux path
     starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first."""
-    from .flux import broker_step     # here, not at the top: the block program itself imports only the stdlib
-    program = [python or sys.executable, "-m", "fluxmpi.launch.flux_block", info_file, flux, str(int(walltime))]
+    from .executor import broker_step     # here, not at the top: the block program itself imports only the stdlib
+    program = [python or sys.executable, "-m", "fluxmpi.launch.flux.block", info_file, flux, str(int(walltime))]
     return " ".join(shlex.quote(a) for a in broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
                     + program)
 
@@ -68,17 +68,17 @@ def main(info_file: str, flux: str, walltime: str) -> int:
         signal.signal(sig, on_signal)
     local = os.environ.get("FLUX_URI")
     if not local:
-        print("fluxmpi flux_block: FLUX_URI is unset: run me as the initial program of `flux start`", file=sys.stderr)
+        print("fluxmpi flux block: FLUX_URI is unset: run me as the initial program of `flux start`", file=sys.stderr)
         return 2
     deadline = time.monotonic() + max(1, int(walltime) - WALLTIME_MARGIN)
     write_info(info_file, {"uri": remote_uri(flux, local), "local_uri": local, "host": socket.gethostname(),
                            "python": sys.executable, "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                            "time": time.time(), "env": job_environment(dict(os.environ))})
-    print(f"fluxmpi flux_block: instance published in {info_file}", flush=True)
+    print(f"fluxmpi flux block: instance published in {info_file}", flush=True)
     while stop["why"] is None and time.monotonic() < deadline:
         time.sleep(1.0)
     why = stop["why"] or "walltime nearly over"
-    print(f"fluxmpi flux_block: shutting the instance down ({why})", flush=True)
+    print(f"fluxmpi flux block: shutting the instance down ({why})", flush=True)
     try:
         os.unlink(info_file)    # its URI is about to stop working
     except OSError:
@@ -88,5 +88,5 @@ def main(info_file: str, flux: str, walltime: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m fluxmpi.launch.flux_block INFO_FILE FLUX WALLTIME_SECONDS")
+        sys.exit("usage: python -m fluxmpi.launch.flux.block INFO_FILE FLUX WALLTIME_SECONDS")
     sys.exit(main(*sys.argv[1:]))

@@ -41,10 +41,10 @@ from typing import Iterable
 from parsl.config import Config
 from parsl.executors import FluxExecutor
 
-from ..site import Site
-from ..spec import MPITaskSpec, SpecError
-from .blocks import BlockShape, Resilience, slurm_provider
-from .flux_install import FluxInstall, FluxSetupError, check_flux
+from ...site import Site
+from ...spec import MPITaskSpec, SpecError
+from ..blocks import BlockShape, Resilience, slurm_provider
+from .install import FluxInstall, FluxSetupError, check_flux
 
 # How Slurm hands the brokers their PMI: Flux's broker speaks PMI-1/PMI-2 (wire protocol or libpmi2); Debian's
 # Slurm offers pmi2 beside pmix. Open MPI ranks inside Flux get PMI from Flux itself, not from this.
@@ -55,7 +55,7 @@ FLUX_EXECUTOR_KEYS = ("num_tasks", "cores_per_task", "gpus_per_task", "num_nodes
 SURVIVE_NODE_LOSS = "--no-kill"
 # What flux-python's job executor (0.88) raises once its connection to the instance is gone: for the jobs it was
 # watching, then for every job submitted after (Parsl's retries); and what the flux-jobs executor says then
-# (fluxmpi.launch.flux_jobs, naming the first node itself).
+# (fluxmpi.launch.flux.jobs, naming the first node itself).
 _INSTANCE_GONE = ("reactor start failed", "Executor is broken, new futures cannot be scheduled",
                   "the Flux instance stopped answering")
 # The fatal exception Flux's job-exec raises on jobs with ranks on a broker that was lost (flux-core 0.88).

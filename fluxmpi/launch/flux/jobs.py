@@ -3,13 +3,13 @@
 Parsl's FluxExecutor runs each rank as a Python program that imports Parsl (~1.3 s of CPU per rank here) before
 the app starts. This executor keeps Python out of the ranks:
 
-- its one block (SlurmProvider) runs one Flux broker per node, with fluxmpi.launch.flux_block as the instance's
+- its one block (SlurmProvider) runs one Flux broker per node, with fluxmpi.launch.flux.block as the instance's
   initial program, which publishes the instance's ssh:// URI, its Python and the block's environment in
   <working_dir>/block-<id>/instance.json and then waits until the block is cancelled or its walltime is up;
-- this process connects to that URI with flux-python (fluxmpi.launch.flux_client) and submits each call of
+- this process connects to that URI with flux-python (fluxmpi.launch.flux.client) and submits each call of
   fluxmpi.apps.run_mpi_task as a jobspec whose command is the task's app_argv, shaped by the task spec
-  (fluxmpi.launch.flux_job_tasks); Flux places the ranks and gives them PMI; output goes to per-task files;
-- any other call (the run's compile task) runs as a one-rank Python job (fluxmpi.launch.flux_pyjob).
+  (fluxmpi.launch.flux.jobspec); Flux places the ranks and gives them PMI; output goes to per-task files;
+- any other call (the run's compile task) runs as a one-rank Python job (fluxmpi.launch.flux.pyjob).
 
 It submits exactly one block (like FluxExecutor) and does not replace it when it ends. Faults
 (docs/reliability.md): a job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is
@@ -32,14 +32,14 @@ from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.utils import RepresentationMixin
 
-from ..site import Site
-from ..spec import MPITaskSpec
-from .blocks import BlockShape, job_states, slurm_provider
-from .flux import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
-from .flux_block import block_command
-from .flux_client import InstanceClient
-from .flux_install import FluxInstall, check_flux
-from .flux_job_tasks import (LAUNCHER, FluxJobsError, JobEnd, JobRequest, check_fits, jobspec, mpi_request,
+from ...site import Site
+from ...spec import MPITaskSpec
+from ..blocks import BlockShape, job_states, slurm_provider
+from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
+from .block import block_command
+from .client import InstanceClient
+from .install import FluxInstall, check_flux
+from .jobspec import (LAUNCHER, FluxJobsError, JobEnd, JobRequest, check_fits, jobspec, mpi_request,
                              python_request, resource_spec, task_failure, task_result)
 
 URI_TIMEOUT = 300.0        # seconds for the block to start and publish its instance (queue wait included)

@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Callable
 
-from .flux_job_tasks import JobEnd
+from .jobspec import JobEnd
 
 CONNECT_TIMEOUT = 60.0
 EARLY_JOBS_KEPT = 1000    # journal events of jobs not (yet) known to be ours, kept for this many jobs
