@@ -7,6 +7,7 @@ the launch path handed the task, instead of Parsl's `$PARSL_MPI_PREFIX` (float r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -18,11 +19,15 @@ import sys
 import tempfile
 import time
 
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
+
 # "flux": the body runs once per rank inside a Flux job and is that rank (see run_flux_rank).
 LAUNCHERS = ("srun", "mpiexec-openmpi", "mpiexec-mpich", "mpirun-local", "flux")
 
 
-class MPITaskFailed(RuntimeError):
+class MPITaskFailed(FluxmpiError, RuntimeError):
     """An MPI task ended badly; says which task, which ranks on which nodes, and the end of its stderr."""
 
     def __init__(self, task: str, reason: str, failures: list[tuple[str, str, str]] | None = None,
@@ -223,7 +228,7 @@ def _outlive_block(timeout: float | None) -> None:
     time.sleep(min(BLOCK_ENDING_WAIT, timeout or BLOCK_ENDING_WAIT))
 
 
-class TaskInitFailed(RuntimeError):
+class TaskInitFailed(FluxmpiError, RuntimeError):
     """The shell lines a task sources before its app (`init`) failed; says which lines and how."""
 
 

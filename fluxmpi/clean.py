@@ -10,6 +10,7 @@ paths that point outside the run directory (a damaged or edited manifest) are re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster.processes import alive
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DEFAULT_ROOTS = ("fluxmpi-runs", "fluxmpi-bench")
@@ -30,7 +34,7 @@ EXPLAIN = {
 }
 
 
-class CleanError(ValueError):
+class CleanError(FluxmpiError, ValueError):
     """A directory or manifest that cannot be cleaned; the message names it and what to do."""
 
 

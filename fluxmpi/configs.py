@@ -28,7 +28,7 @@ from typing import Any
 
 from parsl.config import Config
 
-from .launch.blocks import Resilience
+from .launch.resilience import Resilience
 from .site import Site
 from .spec import SpecError
 

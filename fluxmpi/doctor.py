@@ -13,6 +13,7 @@ rank that all exit 0, which an exit-code check would count as success.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import shlex
@@ -28,7 +29,10 @@ from typing import Callable
 from . import placement, spackenv
 from .cluster import LocalCluster
 from .cluster.processes import pids_with_args, terminate
+from .errors import FluxmpiError
 from .mpi_apps import CompileError, MpiAppError, app_command, compile_c_app
+
+logger = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 20.0
 DEFAULT_PROBE_TIMEOUT = 60.0
@@ -38,7 +42,7 @@ PROBE_NODES = 2
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
 
-class DoctorError(ValueError):
+class DoctorError(FluxmpiError, ValueError):
     """Bad input for the doctor (probe timeout, node count); the message names the value and the fix."""
 
 
@@ -88,7 +92,7 @@ def check_parsl() -> Check:
 
 
 def check_flux() -> Check:
-    from .launch.flux import install as fi     # reuses the Flux path's own checks
+    from .launch.flux import install as fi  # reuses the Flux path's own checks
     try:
         flux = fi.find_flux()
     except fi.FluxSetupError as err:

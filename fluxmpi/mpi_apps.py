@@ -5,6 +5,7 @@ checkout they are the repository's ``mpi_apps/`` next to the package.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -13,6 +14,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
+
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
 
 APPS = ("c", "mpi4py")
 FAIL_MODES = ("exit", "segv")  # how a rank fails on purpose (--fail-mode of both apps)
@@ -31,7 +36,7 @@ _DEBIAN_PACKAGES = {
 }
 
 
-class MpiAppError(ValueError):
+class MpiAppError(FluxmpiError, ValueError):
     """Bad input for locating, compiling or running the MPI apps."""
 
 
@@ -39,7 +44,7 @@ class MpiCompilerNotFound(MpiAppError):
     """The MPI compiler wrapper is not on PATH."""
 
 
-class CompileError(RuntimeError):
+class CompileError(FluxmpiError, RuntimeError):
     """The MPI compiler ran but did not produce the app."""
 
 

@@ -10,6 +10,7 @@ Expectations are duck-typed: any object with integer ``.nodes`` and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -17,15 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
+
 REQUIRED_KEYS = ("app", "task", "host", "rank", "size", "pid", "cpus")
 TIME_KEYS = ("t_start", "t_init", "t_end")
 
 
-class PlacementInputError(ValueError):
+class PlacementInputError(FluxmpiError, ValueError):
     """Bad arguments to a placement check (not bad records: those become Problems)."""
 
 
-class RecordError(ValueError):
+class RecordError(FluxmpiError, ValueError):
     """One record that is not a valid rank record."""
 
 

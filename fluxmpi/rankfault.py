@@ -7,12 +7,15 @@ segfaults right after MPI_Init. Node, link and walltime faults on the local clus
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from .mpi_apps import FAIL_MODES
 from .spec import SpecError
+
+logger = logging.getLogger(__name__)
 
 # Exit code of a rank failed with mode "exit" (the apps use the same number).
 FAIL_EXIT_CODE = 3

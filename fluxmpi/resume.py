@@ -9,10 +9,13 @@ the same spec under the same task id; anything else is refused before a block is
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from . import placement
 from .spec import MPITaskSpec, SpecError
+
+logger = logging.getLogger(__name__)
 
 
 class ResumeError(SpecError):

@@ -8,10 +8,10 @@ SIGTERM), and a run can be resumed from it (docs/reliability.md).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,19 +22,27 @@ from typing import Callable
 
 import parsl
 
-from . import placement
+from . import placement, slurm
 from .apps import compile_app, run_mpi_task
-from .rankfault import RankFault, as_faults, task_fault_options
-from .launch.blocks import ACTIVE_STATES, BlockWatch, Resilience, any_unresponsive, job_states
+from .errors import FluxmpiError
+from .launch.flux.executor import (
+    flux_instance_gone,
+    flux_lost_nodes,
+    instance_gone_note,
+)
 from .launch.gate import check_policy
-from .launch.flux.executor import flux_instance_gone, flux_lost_nodes, instance_gone_note
 from .launch.paths import LaunchPath, get_path
+from .launch.resilience import Resilience
+from .launch.watch import ACTIVE_STATES, BlockWatch
 from .mpi_apps import app_command
 from .mpiapp import MPICommand
 from .rank_wrapper import wrap
+from .rankfault import RankFault, as_faults, task_fault_options
 from .resume import finished_tasks
 from .site import Site
 from .spec import MPITaskSpec, SpecError, parse_walltime
+
+logger = logging.getLogger(__name__)
 
 COMPILE_TIMEOUT = 300.0
 CLEANUP_TIMEOUT = 60.0
@@ -42,7 +50,7 @@ CANCEL_TIMEOUT = 30.0   # seconds to wait for cancelled blocks to leave squeue's
 WATCH_PERIOD = 5.0      # seconds between looks at the blocks' Slurm jobs
 
 
-class RunError(RuntimeError):
+class RunError(FluxmpiError, RuntimeError):
     """The run could not proceed (blocks never started, compile failed); the message says what and where."""
 
 
@@ -178,30 +186,44 @@ def _cancel_active(job_ids: list[str], timeout: float = CANCEL_TIMEOUT) -> list[
     node down, and nothing of it can run meanwhile."""
     if not job_ids:
         return []
-    states = job_states(job_ids)
+    states = _states(job_ids)
     if states is None:   # squeue did not answer: cancel them all, scancel ignores finished jobs
         targets, waiting = list(job_ids), list(job_ids)
     else:
         targets = [j for j, info in states.items() if info["state"] in _CANCEL_STATES]
         waiting = [j for j, info in states.items() if info["state"] in ACTIVE_STATES]
-    if targets:
-        try:
-            subprocess.run(["scancel", *targets], capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            print(f"fluxmpi: warning: scancel {' '.join(targets)} failed: {err}", file=sys.stderr)
+    try:
+        slurm.scancel(targets)
+    except slurm.SlurmError as err:
+        print(f"fluxmpi: warning: {err}", file=sys.stderr)
     deadline = time.monotonic() + timeout
     left = waiting
     while left and time.monotonic() < deadline:
-        states = job_states(left)
+        states = _states(left)
         if states is not None:
             left = [j for j, info in states.items() if info["state"] in ACTIVE_STATES and not (
-                info["state"] == "COMPLETING" and any_unresponsive(info["nodes"]))]
+                info["state"] == "COMPLETING" and _unresponsive(info["nodes"]))]
         if left:
             time.sleep(0.5)
     if left:
         print(f"fluxmpi: warning: Slurm job(s) {', '.join(left)} still active {timeout:.0f}s after scancel; "
               f"check with `squeue -j {','.join(left)}`", file=sys.stderr)
     return targets
+
+
+def _states(job_ids: list[str]) -> dict[str, dict] | None:
+    """The jobs' states, or None when squeue did not answer (the clean-up goes on without)."""
+    try:
+        return slurm.job_states(job_ids)
+    except slurm.SlurmError:
+        return None
+
+
+def _unresponsive(hostlist: str) -> bool:
+    try:
+        return slurm.any_unresponsive(hostlist)
+    except slurm.SlurmError:
+        return False
 
 
 class _SignalGuard:
@@ -267,7 +289,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     tasks an earlier run in `workdir` finished. app_binary: a built C app to run instead of compiling one on the
     cluster. admission: which waiting task the node gate admits first (fluxmpi.launch.gate). log: where notes for
     the user go. before_load: called once, after every input check and right
-    before parsl.load submits the blocks (e.g. a warm hold's hand-over, fluxmpi.slurm.WarmHold.hand_over); it is
+    before parsl.load submits the blocks (e.g. a warm hold's hand-over, fluxmpi.warm.WarmHold.hand_over); it is
     not called when the input is refused or nothing is left to run.
     commands: the user's own programs, one per spec (fluxmpi.MPICommand: argv, env, cwd), run behind the rank
     wrapper (fluxmpi.rank_wrapper) instead of the bundled app; their output goes to WORKDIR/tasks/NAME.out/.err.

@@ -5,6 +5,7 @@ The config builders take a `Site`, so they work the same on the local cluster an
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from contextlib import contextmanager
@@ -13,9 +14,12 @@ from typing import Iterator
 
 from .cluster import ClusterError, ClusterLayout, LocalCluster
 from .cluster.layout import DEFAULT_NAME
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
 
 
-class SiteError(RuntimeError):
+class SiteError(FluxmpiError, RuntimeError):
     """Slurm could not be asked about the cluster; the message says what failed and what to check."""
 
 

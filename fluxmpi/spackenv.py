@@ -15,12 +15,17 @@ Where fluxmpi looks for it (first match wins):
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
 
 ENV_FILE_NAME = "fluxmpi-env.sh"  # same name as FM_ENV_FILE_NAME in install_scripts/lib-common.sh
 ENV_FILE_VAR = "FLUXMPI_ENV_FILE"
@@ -34,7 +39,7 @@ CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MARK = "@@fluxmpi-envcheck@@"
 
 
-class EnvFileError(ValueError):
+class EnvFileError(FluxmpiError, ValueError):
     """The env file is missing or unusable; the message names the path and the fix."""
 
 

@@ -8,13 +8,18 @@ missing keys with `/` and then hands `-ppn 4.0` or `--ntasks-per-node 1.333` to 
 
 from __future__ import annotations
 
+import logging
 import numbers
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+from .errors import FluxmpiError
 
-class SpecError(ValueError):
+logger = logging.getLogger(__name__)
+
+
+class SpecError(FluxmpiError, ValueError):
     """A task spec that cannot be built or cannot run where it was asked to; says what to change."""
 
 

@@ -15,8 +15,8 @@ from parsl.executors import FluxExecutor
 from parsl.launchers import SimpleLauncher
 from parsl.providers import LocalProvider
 
-from fluxmpi.spec import SpecError
 from fluxmpi.launch.flux.install import FluxInstall, check_flux
+from fluxmpi.spec import SpecError
 
 MAX_TEST_SIZE = 16
 

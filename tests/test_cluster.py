@@ -6,8 +6,13 @@ import time
 
 import pytest
 
-from fluxmpi.cluster import ClusterError, ClusterLayout, LocalCluster, PreflightError
-from fluxmpi.cluster import network
+from fluxmpi.cluster import (
+    ClusterError,
+    ClusterLayout,
+    LocalCluster,
+    PreflightError,
+    network,
+)
 from fluxmpi.cluster.processes import pids_in_netns, wait_gone
 
 pytestmark = pytest.mark.cluster

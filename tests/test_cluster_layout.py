@@ -2,8 +2,7 @@
 
 import pytest
 
-from fluxmpi.cluster import ClusterLayout, LayoutError
-from fluxmpi.cluster import configs
+from fluxmpi.cluster import ClusterLayout, LayoutError, configs
 
 
 def test_default_layout_names_nodes_and_addresses():

@@ -8,9 +8,16 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import TEST_CLUSTER_NAME, cluster_unavailable_reason
-from fluxmpi.cluster import ClusterLayout, LayoutError, LocalCluster, configs, elastic, network
+
+from fluxmpi.cluster import (
+    ClusterLayout,
+    LayoutError,
+    LocalCluster,
+    configs,
+    elastic,
+    network,
+)
 from fluxmpi.cluster.processes import pids_in_netns
 
 RESUME_DELAY = 6.0

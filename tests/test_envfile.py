@@ -6,9 +6,9 @@ Spack cannot run here, so its parts are mocks, named as such: a view whose bin/ 
 """
 
 import os
-import sys
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import parsl
 import pytest
-
-from fluxmpi import slurm
 from click.testing import CliRunner
+from flux_local import flux_local_config
 
-from fluxmpi import placement
+from fluxmpi import placement, slurm
 from fluxmpi.apps import MPITaskFailed, run_mpi_task
 from fluxmpi.cli import main
 from fluxmpi.launch.flux.executor import flux_config, flux_resource_spec
-from flux_local import flux_local_config
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import _cleanup_parsl, run_tasks
 from fluxmpi.spec import MPITaskSpec, SpecError
-
 
 pytestmark = pytest.mark.flux
 

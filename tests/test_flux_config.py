@@ -11,18 +11,39 @@ import weakref
 from pathlib import Path
 
 import pytest
+from flux_local import flux_local_config, local_launch_cmd
 from parsl.executors import FluxExecutor
 from parsl.providers import SlurmProvider
 
-from fluxmpi.apps import MPITaskFailed, TaskInitFailed, run_flux_rank, run_mpi_task, task_environment
+from fluxmpi.apps import (
+    MPITaskFailed,
+    TaskInitFailed,
+    run_flux_rank,
+    run_mpi_task,
+    task_environment,
+)
 from fluxmpi.launch.flux import install as flux_install
-from fluxmpi.launch.flux.executor import (FLUX_EXECUTOR_KEYS, broker_launch_cmd, callback_address, check_exclusive_fits,
-                                 flux_client_env, flux_config, flux_resource_spec, task_init)
-from fluxmpi.launch.blocks import Resilience
-from fluxmpi.launch.flux.install import (FluxInstall, FluxSetupError, check_versions, find_flux,
-                                         flux_command_version, parse_flux_version, release)
-from flux_local import flux_local_config, local_launch_cmd
+from fluxmpi.launch.flux.executor import (
+    FLUX_EXECUTOR_KEYS,
+    broker_launch_cmd,
+    callback_address,
+    check_exclusive_fits,
+    flux_client_env,
+    flux_config,
+    flux_resource_spec,
+    task_init,
+)
+from fluxmpi.launch.flux.install import (
+    FluxInstall,
+    FluxSetupError,
+    check_versions,
+    find_flux,
+    flux_command_version,
+    parse_flux_version,
+    release,
+)
 from fluxmpi.launch.paths import PATHS, Plan
+from fluxmpi.launch.resilience import Resilience
 from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError
 

@@ -18,14 +18,28 @@ import pytest
 
 from fluxmpi import placement, slurm
 from fluxmpi.apps import MPITaskFailed, run_mpi_task
-from fluxmpi.rankfault import RankFault
 from fluxmpi.launch.flux.block import block_command, job_environment
 from fluxmpi.launch.flux.install import FluxInstall, FluxSetupError
-from fluxmpi.launch.flux.jobspec import (LAUNCHER, FluxJobsError, JobEnd, check_fits, jobspec, mpi_request,
-                                           python_request, resource_spec, spec_from_resources, task_failure,
-                                           task_result)
-from fluxmpi.launch.flux.jobs import FluxJobsBlockError, FluxJobsExecutor, flux_jobs_config
+from fluxmpi.launch.flux.jobs import (
+    FluxJobsBlockError,
+    FluxJobsExecutor,
+    flux_jobs_config,
+)
+from fluxmpi.launch.flux.jobspec import (
+    LAUNCHER,
+    FluxJobsError,
+    JobEnd,
+    check_fits,
+    jobspec,
+    mpi_request,
+    python_request,
+    resource_spec,
+    spec_from_resources,
+    task_failure,
+    task_result,
+)
 from fluxmpi.launch.paths import get_path
+from fluxmpi.rankfault import RankFault
 from fluxmpi.runner import _cleanup_parsl, run_tasks
 from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError

@@ -5,11 +5,10 @@ from concurrent.futures import wait
 
 import parsl
 import pytest
+from click.testing import CliRunner
 from parsl.executors import MPIExecutor
 
 from fluxmpi import slurm
-from click.testing import CliRunner
-
 from fluxmpi.apps import run_mpi_task
 from fluxmpi.cli import main
 from fluxmpi.launch.blocks import BlockShape, slurm_provider

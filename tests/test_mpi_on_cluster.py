@@ -6,8 +6,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from fluxmpi import placement
 from fluxmpi.launch.blocks import SLURM_TASKS_FIX
 from fluxmpi.mpi_apps import app_command

@@ -12,10 +12,10 @@ import subprocess
 import threading
 import time
 
+import faults
 import pytest
 
-import faults
-from fluxmpi.launch.blocks import Resilience
+from fluxmpi.launch.resilience import Resilience
 from fluxmpi.mpi_apps import app_command
 from fluxmpi.runner import run_tasks
 from fluxmpi.spec import MPITaskSpec

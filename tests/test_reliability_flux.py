@@ -16,15 +16,14 @@ brokers' tbon.tcp_user_timeout on this path) 8 s, or 15 s in the short-outage te
 import gc
 import time
 
-import pytest
-
 import faults
-from fluxmpi import placement
-from fluxmpi.launch.blocks import Resilience
-from fluxmpi.runner import run_tasks
-from fluxmpi.spec import MPITaskSpec
+import pytest
 from test_reliability_faults import SLURMD_TIMEOUT, in_background  # noqa: F401 - the same short SlurmdTimeout
 
+from fluxmpi import placement
+from fluxmpi.launch.resilience import Resilience
+from fluxmpi.runner import run_tasks
+from fluxmpi.spec import MPITaskSpec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.flux]
 

@@ -22,12 +22,13 @@ import os
 import signal
 import time
 
+import faults
 import test_reliability_flux as flux_faults
 import test_reliability_signals as signals
-import faults
-from fluxmpi.launch.blocks import Resilience
-from fluxmpi.runner import run_tasks
 from test_reliability_faults import SLURMD_TIMEOUT  # noqa: F401 - the same short SlurmdTimeout
+
+from fluxmpi.launch.resilience import Resilience
+from fluxmpi.runner import run_tasks
 
 pytestmark = flux_faults.pytestmark
 

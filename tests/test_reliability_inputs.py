@@ -15,10 +15,11 @@ from click.testing import CliRunner
 
 from fluxmpi import slurm
 from fluxmpi.cli import main
-from fluxmpi.rankfault import RankFault
-from fluxmpi.launch.blocks import BlockShape, Resilience
+from fluxmpi.launch.blocks import BlockShape
 from fluxmpi.launch.htex import htex_mpi_config
+from fluxmpi.launch.resilience import Resilience
 from fluxmpi.mpi_apps import MpiAppError, app_command
+from fluxmpi.rankfault import RankFault
 from fluxmpi.runner import run_tasks
 from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError

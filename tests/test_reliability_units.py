@@ -7,8 +7,8 @@ import pytest
 from parsl.jobs.states import JobState, JobStatus
 
 from fluxmpi.apps import launcher_failures
+from fluxmpi.launch.resilience import Resilience
 from fluxmpi.rankfault import RankFault, as_faults, task_fault_options
-from fluxmpi.launch.blocks import Resilience
 from fluxmpi.resume import ResumeError, finished_tasks
 from fluxmpi.spec import MPITaskSpec, SpecError
 

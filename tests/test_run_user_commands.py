@@ -14,8 +14,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from fluxmpi.cli import main
 
 # Never booted: the refusals below must come before any cluster is looked for.

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-
 import spack_recipes as sr
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SPACK_DIR = REPO / "spack"

@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 import spack_recipes
+
 from fluxmpi import spackenv
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,13 @@ import subprocess
 
 import pytest
 
-from fluxmpi.spec import FLUX_COMMAND_PLACEHOLDER, MPITaskSpec, SpecError, format_clock, parse_walltime
+from fluxmpi.spec import (
+    FLUX_COMMAND_PLACEHOLDER,
+    MPITaskSpec,
+    SpecError,
+    format_clock,
+    parse_walltime,
+)
 
 # ---- building from loose input -----------------------------------------------------------------
 
@@ -309,7 +315,10 @@ def test_flux_jobspec():
 
 def test_parsl_mpi_validator_accepts_resource_spec_unchanged():
     from parsl.executors.high_throughput.mpi_executor import MPIExecutor
-    from parsl.executors.high_throughput.mpi_prefix_composer import compose_all, validate_resource_spec
+    from parsl.executors.high_throughput.mpi_prefix_composer import (
+        compose_all,
+        validate_resource_spec,
+    )
 
     for spec in (BASIC, RICH, MPITaskSpec(3, 1), MPITaskSpec(1, 5)):
         resource_spec = spec.parsl_resource_spec()

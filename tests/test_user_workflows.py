@@ -13,10 +13,10 @@ from pathlib import Path
 
 import parsl
 import pytest
+from conftest import REPO
 from parsl import bash_app
 
 import fluxmpi
-from conftest import REPO
 from fluxmpi import placement
 from fluxmpi.runner import _cleanup_parsl
 

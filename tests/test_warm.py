@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fluxmpi import slurm
+from fluxmpi import slurm, warm
 from fluxmpi.cli.warm import warm_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def test_durations_are_read_with_their_unit(text, seconds):
     ("8d", "out of range"), ("1:75", "below 60"),
 ])
 def test_bad_durations_name_the_value(text, fragment):
-    with pytest.raises(slurm.WarmError, match=fragment):
+    with pytest.raises(slurm.DurationError, match=fragment):
         slurm.parse_duration(text)
 
 
@@ -50,7 +50,7 @@ def _run_script(tmp_path, *, duration=60, owner_timeout=4, beat_text="1 owner\n"
     if beat_text is not None:
         beat.write_text(beat_text)
     script = tmp_path / "hold.sh"
-    script.write_text(slurm.hold_script(beat, duration, owner_timeout, poll=1))
+    script.write_text(warm.hold_script(beat, duration, owner_timeout, poll=1))
     start = time.monotonic()
     proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     count = 1
@@ -92,7 +92,7 @@ def test_script_refuses_a_heartbeat_it_cannot_see(tmp_path):
 
 
 def test_heartbeat_thread_changes_the_file(tmp_path):
-    beat = slurm._Heartbeat(tmp_path / "h.beat", interval=0.2)
+    beat = warm._Heartbeat(tmp_path / "h.beat", interval=0.2)
     try:
         first = (tmp_path / "h.beat").read_text()
         time.sleep(0.7)
@@ -108,8 +108,8 @@ def test_heartbeat_thread_changes_the_file(tmp_path):
 ])
 def test_bad_hold_input_is_refused_before_submitting(kw, fragment, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))        # no sbatch reachable: refusing must come first
-    with pytest.raises(slurm.WarmError, match=fragment):
-        slurm.start_hold(directory=tmp_path, **kw)
+    with pytest.raises(warm.WarmError, match=fragment):
+        warm.start_hold(directory=tmp_path, **kw)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -152,7 +152,7 @@ def _wait_state(cluster, job_id, states, timeout):
 
 @pytest.mark.cluster
 def test_hold_api_warms_and_releases(cluster, tmp_path):
-    with slurm.warm_nodes(2, "2m", env=cluster.env(), directory=tmp_path) as hold:
+    with warm.warm_nodes(2, "2m", env=cluster.env(), directory=tmp_path) as hold:
         assert hold.wait_warm(60) >= 0
         assert len(slurm.node_states(hold.hostlist, cluster.env())) == 2
         _wait_state(cluster, hold.job_id, {"RUNNING"}, 60)
@@ -179,7 +179,7 @@ def test_killed_owner_leaves_no_hold(cluster, tmp_path):
     killed = time.monotonic()
     _wait_state(cluster, job_id, {"COMPLETED", "CANCELLED", None}, owner_timeout + 20)
     gone_after = time.monotonic() - killed
-    assert gone_after <= owner_timeout + 2 * slurm.POLL_INTERVAL + 5, gone_after
+    assert gone_after <= owner_timeout + 2 * warm.POLL_INTERVAL + 5, gone_after
     assert list(tmp_path.glob("*.beat")) == []       # the hold removed the heartbeat it no longer needs
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import TEST_CLUSTER_NAME, cluster_unavailable_reason
-from fluxmpi import slurm
+
+from fluxmpi import slurm, warm
 from fluxmpi.bench import report, warmth
 from fluxmpi.cli.bench import bench as bench_command
 from fluxmpi.cli.run import run as run_command
@@ -55,10 +55,10 @@ def test_before_load_is_not_called_for_refused_input(case, kw, fragment, tmp_pat
     (5, 4, "--warm 5: partition 'debug' has 4 node(s); give --warm 1..4"),
 ])
 def test_bad_warm_counts_name_the_value(value, available, fragment):
-    with pytest.raises(slurm.WarmError) as err:
-        slurm.check_warm_nodes(value, available, "partition 'debug'")
+    with pytest.raises(warm.WarmError) as err:
+        warm.check_warm_nodes(value, available, "partition 'debug'")
     assert fragment in str(err.value)
-    assert slurm.check_warm_nodes(4, 4, "partition 'debug'") == 4
+    assert warm.check_warm_nodes(4, 4, "partition 'debug'") == 4
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -155,7 +155,7 @@ def _warm_run(cluster, tmp_path, warm: int, nodes: int = 2) -> tuple[subprocess.
 def test_run_warm_releases_the_hold_before_the_blocks_are_submitted(cluster, tmp_path):
     proc, run, jobs = _warm_run(cluster, tmp_path, warm=cluster.layout.nodes)
     hold, blocks = jobs["hold"], jobs["blocks"]
-    assert hold["name"] == slurm.WARM_JOB_NAME and hold["state"] == "CANCELLED"
+    assert hold["name"] == warm.WARM_JOB_NAME and hold["state"] == "CANCELLED"
     assert f"{cluster.layout.nodes} node(s) warm" in proc.stderr and "released hold" in proc.stderr
     assert blocks, run
     for block in blocks:
@@ -163,7 +163,7 @@ def test_run_warm_releases_the_hold_before_the_blocks_are_submitted(cluster, tmp
         assert block["submit"] >= hold["end"], (hold, block)
         assert block["name"].startswith("parsl.")
     assert run["ok"] is True and len(run["tasks"]) == 2
-    assert [j for j in slurm.jobs(name=slurm.WARM_JOB_NAME, env=cluster.env()) if j.state in slurm.ACTIVE_STATES] == []
+    assert [j for j in slurm.jobs(name=warm.WARM_JOB_NAME, env=cluster.env()) if j.state in slurm.ACTIVE_STATES] == []
 
 
 @pytest.mark.cluster

@@ -12,6 +12,7 @@ Both compile the C app on a compute node first, as the runner does, so start-up 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .. import slurm
+from ..errors import FluxmpiError
 from ..launch.gate import pick_next
 from ..mpi_apps import app_command
 from ..site import Site
@@ -33,13 +36,15 @@ from ..spec import MPITaskSpec, format_clock
 from .records import RawRun, check_placement, fill_from_records, new_task
 from .workload import Workload
 
+logger = logging.getLogger(__name__)
+
 ALLOC_TIMEOUT = 120.0
 COMPILE_TIMEOUT = 300.0
 FLUX_BOOT_SLACK = 120.0        # a Flux instance's start and shutdown on top of the tasks' own time limit
 BASELINES = ("bare-srun", "bare-mpirun", "bare-flux")
 
 
-class BaselineError(RuntimeError):
+class BaselineError(FluxmpiError, RuntimeError):
     """A baseline could not run (no allocation, no compiler, Flux did not start); says what and where."""
 
 
@@ -59,7 +64,7 @@ def allocate(site: Site, nodes: int, label: str, walltime: int = 1800,
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)
+        _quietly(slurm.run_slurm, ["scancel", "--name", name])
         raise BaselineError(f"{label}: Slurm did not grant {nodes} nodes of partition {site.partition!r} within "
                             f"{timeout:.0f}s (`squeue` shows what holds them)") from None
     granted = re.search(r"Granted job allocation (\d+)", proc.stderr)
@@ -69,14 +74,19 @@ def allocate(site: Site, nodes: int, label: str, walltime: int = 1800,
     try:
         yield Allocation(job_id, _job_nodes(job_id))
     finally:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        _quietly(slurm.scancel, [job_id])
+
+
+def _quietly(call, *args) -> None:
+    """A release that must not hide the error that led to it: a failing scancel is only logged."""
+    try:
+        call(*args)
+    except slurm.SlurmError as err:
+        logger.warning("releasing a baseline allocation: %s", err)
 
 
 def _job_nodes(job_id: str) -> list[str]:
-    nodelist = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
-    return subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                          timeout=30, check=True).stdout.split()
+    return slurm.expand_hostlist(slurm.job_states([job_id])[job_id]["nodes"])
 
 
 def _prepare(workload: Workload, workdir: Path) -> tuple[Path, Path, list[str], list[MPITaskSpec], list[list[str]]]:

@@ -6,6 +6,7 @@ a run that breaks is kept with what broke. Results go to OUT/results.json, OUT/r
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -18,7 +19,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .. import __version__, slurm
+from .. import __version__
+from .. import warm as holds
+from ..errors import FluxmpiError
 from ..launch.paths import PATHS
 from ..mpi_apps import app_command, compile_c_app
 from ..mpiapp import MPICommand
@@ -26,10 +29,18 @@ from ..runner import RunError, RunResult, run_tasks
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
 from . import metrics, plots, report, targets, warmth
-from .baselines import (BASELINES, BaselineError, flux_unavailable_reason, run_bare_flux, run_bare_mpirun,
-                        run_bare_srun)
+from .baselines import (
+    BASELINES,
+    BaselineError,
+    flux_unavailable_reason,
+    run_bare_flux,
+    run_bare_mpirun,
+    run_bare_srun,
+)
 from .records import RawRun, fill_from_records, new_task
 from .workload import Workload
+
+logger = logging.getLogger(__name__)
 
 BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux", "flux-jobs")
 # The user-app path: the same app run as a user's own command (`fluxmpi run -- CMD`), each rank behind the rank
@@ -45,7 +56,7 @@ ORDER = ("bare-srun", "htex", "htex+wrap", "static", "bare-mpirun", "htex-mpiexe
 IDLE_TIMEOUT = 60.0
 
 
-class BenchError(ValueError):
+class BenchError(FluxmpiError, ValueError):
     """Bad bench input (unknown path name, no nodes); the message names the value and the fix."""
 
 
@@ -101,7 +112,7 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
     if compare_warm and warm is None:
         raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
     if warm is not None:
-        slurm.check_warm_nodes(warm, site.nodes, f"the bench's node count ({site.name})")
+        holds.check_warm_nodes(warm, site.nodes, f"the bench's node count ({site.name})")
     # Before anything runs: a cold start needs nodes that power down, and a bound on waiting for that.
     power_timeout = sum(warmth.power_saving(site)) + warmth.POWER_DOWN_SLACK if compare_warm else None
     out_dir = Path(out_dir).resolve()

@@ -10,9 +10,12 @@ times. It prints one JSON line per finished task on stdout so the bench can show
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+
+logger = logging.getLogger(__name__)
 
 
 def main(jobs_file: str, result_file: str) -> int:

@@ -20,11 +20,14 @@ Derived (see docs/benchmarks.md):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
 from ..launch.gate import pick_next
+
+logger = logging.getLogger(__name__)
 
 TIME_KEYS = ("submitted", "admitted", "launched", "rank_started", "started", "ended", "done", "returned")
 REQUIRED_TIMES = ("submitted", "started", "ended", "returned")

@@ -11,9 +11,12 @@ inside a one-task step Slurm describes the step, not the job. Prints one JSON li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+
+logger = logging.getLogger(__name__)
 
 
 def allocation_env(nodes: list[str], cpus_per_node: int) -> dict[str, str]:

@@ -7,12 +7,15 @@ overhead-<workload>.png  per-task overhead per run: box plot, and overhead vs ta
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .metrics import ready_times, slope, task_figures
+
+logger = logging.getLogger(__name__)
 
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 

@@ -6,11 +6,14 @@ MPI ranks' own records give every task its nodes, `rank_started`, `started` and 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import placement
 from ..spec import MPITaskSpec
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("ok", "failed", "unavailable", "not applicable")
 

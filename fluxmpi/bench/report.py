@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from .metrics import COMPONENT_HELP, COMPONENTS
+
+logger = logging.getLogger(__name__)
 
 
 def write_json(bench: dict, path: Path) -> None:

@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 OVERHEAD_LIMIT = 1.25
 MAKESPAN_LIMIT = 1.3
 MAKESPAN_PATHS = ("flux", "flux-jobs", "htex")

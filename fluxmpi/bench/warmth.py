@@ -9,20 +9,25 @@ down (scontrol ... State=POWER_DOWN) needs no operator rights, so it works on a 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from contextlib import nullcontext
 from typing import Callable
 
 from .. import slurm
+from .. import warm as holds
+from ..errors import FluxmpiError
 from ..site import Site
+
+logger = logging.getLogger(__name__)
 
 WARM_SUFFIX = "+warm"          # the row of a warm run: "htex+warm"
 POWER_DOWN_SLACK = 60.0        # seconds beyond SuspendTime + SuspendTimeout before giving up on a power-down
 PROGRESS_PERIOD = 10.0         # seconds between progress lines while waiting
 
 
-class PowerSavingError(ValueError):
+class PowerSavingError(FluxmpiError, ValueError):
     """--compare-warm on a cluster whose idle nodes never power down: the message says how to get one."""
 
 
@@ -82,10 +87,10 @@ def holding(warm: int | None, site: Site, log: Callable[[str], None]):
     """A warm hold on `warm` nodes for one path run (a context manager yielding the WarmHold), or no hold."""
     if not warm:
         return nullcontext()
-    return slurm.warm_nodes(warm, partition=site.partition, env=site.env, log=log)
+    return holds.warm_nodes(warm, partition=site.partition, env=site.env, log=log)
 
 
-def describe(hold: slurm.WarmHold | None, powered_down: bool | None, t_start: float | None) -> dict:
+def describe(hold: holds.WarmHold | None, powered_down: bool | None, t_start: float | None) -> dict:
     """What results.json keeps about the warmth of one run."""
     if hold is None:
         return {"warm": False, "nodes": 0, "powered_down_at_start": powered_down}

@@ -7,6 +7,7 @@ holding one workload or a list of them. Every value is checked here, before any 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from dataclasses import asdict, dataclass, replace
@@ -15,7 +16,10 @@ from typing import Any
 
 import yaml
 
+from ..errors import FluxmpiError
 from ..spec import MPITaskSpec
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("uniform", "mixed")
 WORK = ("sleep", "busy")
@@ -23,7 +27,7 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _FILE_KEYS = ("name", "kind", "tasks", "nodes", "ranks_per_node", "sleep", "busy", "seed")
 
 
-class WorkloadError(ValueError):
+class WorkloadError(FluxmpiError, ValueError):
     """A workload that cannot run; the message names the bad value and the fix."""
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import __version__
-from .cluster import cluster
-from .envfile import env_command
 from .bench import bench
+from .clean import clean_command
+from .cluster import cluster
+from .doctor import doctor_command
+from .envfile import env_command
 from .run import run
 from .warm import warm_command
-from .clean import clean_command
-from .doctor import doctor_command
+
+logger = logging.getLogger(__name__)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -11,16 +12,15 @@ from pathlib import Path
 
 import click
 
-from .. import slurm
+from .. import warm as holds
 from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
-from ..bench.warmth import PowerSavingError
 from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
-from ..cluster import ClusterError, LayoutError, PreflightError
 from ..cluster.layout import DEFAULT_NAME
-from ..runner import RunError
-from ..site import SiteError, open_site, running_local_nodes
-from ..spec import SpecError
+from ..errors import FluxmpiError, exit_code
+from ..site import open_site, running_local_nodes
 from .common import fail, given_options
+
+logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -83,8 +83,8 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         if compare_warm and warm is None:
             raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
         if warm is not None:
-            slurm.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
-    except (BenchError, WorkloadError, slurm.WarmError) as err:
+            holds.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
+    except (BenchError, WorkloadError, holds.WarmError) as err:
         fail(str(err), code=2)
     out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
     command = _command_line(click.get_current_context())
@@ -98,10 +98,8 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
                             progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log,
                             warm=warm, compare_warm=compare_warm)
-    except (BenchError, WorkloadError, SpecError, LayoutError, slurm.WarmError, PowerSavingError) as err:
-        fail(str(err), code=2)
-    except (SiteError, RunError, ClusterError, PreflightError, slurm.SlurmError) as err:
-        fail(str(err))
+    except FluxmpiError as err:      # bad input (a ValueError) exits 2, a failure 1
+        fail(str(err), code=exit_code(err))
     except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
         saved = out / "results.json"
         fail("interrupted; " + (f"the runs that finished are in {saved}" if saved.exists() else "no run finished"),

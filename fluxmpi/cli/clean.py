@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from ..clean import CleanError, clean, render
 from .common import fail
+
+logger = logging.getLogger(__name__)
 
 
 @click.command("clean")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from ..cluster import ClusterError, ClusterLayout, LayoutError, LocalCluster, PreflightError
+from ..cluster import (
+    ClusterError,
+    ClusterLayout,
+    LayoutError,
+    LocalCluster,
+    PreflightError,
+)
+from ..cluster.layout import (
+    DEFAULT_NAME,
+    DEFAULT_NODES,
+    DEFAULT_RESUME_DELAY,
+    load_state,
+)
 from .common import fail
-from ..cluster.layout import DEFAULT_NAME, DEFAULT_NODES, DEFAULT_RESUME_DELAY, load_state
+
+logger = logging.getLogger(__name__)
 
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True,
                            help="Cluster name (several can coexist).")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import NoReturn
 
 import click
+
+logger = logging.getLogger(__name__)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import doctor as dr
 from ..cluster import ClusterError, LocalCluster
 from ..cluster.layout import DEFAULT_NAME
 from .common import fail
+
+logger = logging.getLogger(__name__)
 
 
 @click.command("doctor")

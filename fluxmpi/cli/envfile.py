@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from fluxmpi.spackenv import (
@@ -12,6 +14,8 @@ from fluxmpi.spackenv import (
     validate_env_file,
     worker_init_line,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @click.command("env")

@@ -7,24 +7,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 
 import click
 from tqdm import tqdm
 
-from .. import slurm
-from ..rankfault import RankFault
-from ..launch.blocks import Resilience
+from .. import slurm, spackenv, taskfile
+from .. import warm as holds
 from ..launch.paths import PATHS
-from .. import spackenv
-from .. import taskfile
+from ..launch.resilience import Resilience
 from ..mpi_apps import APPS, FAIL_MODES
 from ..mpiapp import MPICommand
+from ..rankfault import RankFault
 from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
 from ..spec import MPITaskSpec, SpecError, parse_walltime
 from .common import fail, given_options
+
+logger = logging.getLogger(__name__)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -142,7 +144,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
         parse_walltime(walltime)
         check_app_binary(app, app_binary)
         if warm is not None:
-            slurm.check_warm_nodes(warm)
+            holds.check_warm_nodes(warm)
             warm_seconds = slurm.parse_duration(warm_for)
         elif "warm_for" in given:
             raise SpecError("--warm-for goes with --warm N")
@@ -151,7 +153,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
             env_path = spackenv.find_env_file(env_file)   # not `path`: that names the launch path
             spackenv.validate_env_file(env_path)
             worker_init = spackenv.worker_init_line(env_path)
-    except (SpecError, spackenv.EnvFileError, slurm.WarmError) as err:
+    except (SpecError, spackenv.EnvFileError, holds.WarmError, slurm.DurationError) as err:
         fail(str(err), code=2)
     note = lambda m: click.echo(m, err=True)  # noqa: E731
     site_open = False
@@ -166,12 +168,12 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
                                     cores_per_node=site.cores_per_node, gpus_per_node=site.gpus_per_node)
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
             if warm is not None:
-                slurm.check_warm_nodes(warm, site.nodes, f"partition {site.partition!r} of {site.name}")
+                holds.check_warm_nodes(warm, site.nodes, f"partition {site.partition!r} of {site.name}")
             what = (f"{len(specs)} tasks of {tasks_file}" if tasks_file else
                     f"{repeats} x {spec}" + (f" {' '.join(command)}" if command else ""))
             click.echo(f"fluxmpi: {what} via {path} on {site.name}", err=True)
             # The hold starts as soon as the site is known, so the nodes power up while the run starts.
-            warming = (slurm.warm_nodes(warm, warm_seconds, partition=site.partition, env=site.env, log=note)
+            warming = (holds.warm_nodes(warm, warm_seconds, partition=site.partition, env=site.env, log=note)
                        if warm else nullcontext())
             with warming as hold, tqdm(total=len(specs), desc=f"{path}", unit="task",
                                        file=click.get_text_stream("stderr"), disable=None) as bar:
@@ -191,7 +193,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
                    f"are cancelled and run.json is in {where}. Run the rest: the same command with "
                    f"--resume --workdir {where}", err=True)
         raise SystemExit(130 if err.signal_name == "SIGINT" else 143)
-    except slurm.WarmError as err:
+    except holds.WarmError as err:
         fail(str(err), code=2)
     except slurm.SlurmError as err:
         fail(f"warm hold: {err}")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
 import click
 
 from .. import slurm
+from .. import warm as holds
 from ..cluster import ClusterError, LocalCluster
 from ..cluster.layout import DEFAULT_NAME
 from .common import fail
+
+logger = logging.getLogger(__name__)
 
 
 class _Stop(Exception):
@@ -28,7 +32,7 @@ def _raise_stop(signum, frame):
 @click.option("--partition", default=None, help="Slurm partition [the default partition].")
 @click.option("--release", is_flag=True, help="End your warm holds now (all, or those given with --job).")
 @click.option("--job", "job_ids", multiple=True, help="With --release: the hold to end (repeatable).")
-@click.option("--owner-timeout", type=float, default=slurm.DEFAULT_OWNER_TIMEOUT, show_default=True,
+@click.option("--owner-timeout", type=float, default=holds.DEFAULT_OWNER_TIMEOUT, show_default=True,
               help="Seconds a hold outlives this process if it is killed (the hold watches its heartbeat).")
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: the embedded cluster; slurm: the Slurm this machine uses.")
@@ -43,15 +47,15 @@ def warm_command(nodes, duration, partition, release, job_ids, owner_timeout, cl
     try:
         if release:
             if nodes is not None:
-                raise slurm.WarmError("--release ends holds; it takes no -N")
+                raise holds.WarmError("--release ends holds; it takes no -N")
         else:
             if job_ids:
-                raise slurm.WarmError("--job only goes with --release")
+                raise holds.WarmError("--job only goes with --release")
             if nodes is None:
-                raise slurm.WarmError("give -N NODES to warm, or --release to end your holds")
-            slurm.check_nodes(nodes)
+                raise holds.WarmError("give -N NODES to warm, or --release to end your holds")
+            holds.check_nodes(nodes)
             seconds = slurm.parse_duration(duration)
-    except slurm.WarmError as err:
+    except (holds.WarmError, slurm.DurationError) as err:
         fail(str(err), code=2)
     env = {}
     if cluster == "local":
@@ -67,8 +71,8 @@ def warm_command(nodes, duration, partition, release, job_ids, owner_timeout, cl
 
 def _release(env: dict, job_ids: list[str]) -> None:
     try:
-        ended = slurm.release_holds(env, job_ids or None)
-    except (slurm.SlurmError, slurm.WarmError) as err:
+        ended = holds.release_holds(env, job_ids or None)
+    except (slurm.SlurmError, holds.WarmError) as err:
         fail(str(err))
     if not ended:
         click.echo("fluxmpi: no warm holds to release", err=True)
@@ -80,18 +84,18 @@ def _hold(nodes: int, seconds: int, partition: str | None, owner_timeout: float,
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     hold = None
     try:
-        hold = slurm.start_hold(nodes, seconds, partition=partition, env=env, owner_timeout=owner_timeout)
+        hold = holds.start_hold(nodes, seconds, partition=partition, env=env, owner_timeout=owner_timeout)
         click.echo(hold.job_id)
         click.echo(f"fluxmpi: holding {nodes} node(s) with job {hold.job_id} for at most {seconds}s; end it with "
                    "`fluxmpi warm --release` (right before you launch) or Ctrl-C", err=True)
         took = hold.wait_warm(timeout=seconds)
         click.echo(f"fluxmpi: {nodes} node(s) warm ({hold.hostlist}) after {took:.1f}s", err=True)
         left = max(0.0, hold.submitted + seconds - time.time())
-        state = hold.wait_ended(timeout=left + 2 * slurm.POLL_INTERVAL + 5)
+        state = hold.wait_ended(timeout=left + 2 * holds.POLL_INTERVAL + 5)
         click.echo(f"fluxmpi: warm hold {hold.job_id} ended ({state or 'duration over'})", err=True)
     except (KeyboardInterrupt, _Stop):
         click.echo(f"fluxmpi: releasing warm hold {hold.job_id if hold else ''}".rstrip(), err=True)
-    except (slurm.SlurmError, slurm.WarmError) as err:
+    except (slurm.SlurmError, holds.WarmError) as err:
         if hold:
             hold.release(wait=False)
         fail(str(err))

@@ -5,11 +5,14 @@ Pure functions of the layout, so the tests can read what will be written without
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from pathlib import Path
 
 from .layout import ClusterLayout, state_root
+
+logger = logging.getLogger(__name__)
 
 # Seconds slurmctld gives the suspend program to stop a node's daemons (it stops them within 3 s, then SIGKILL).
 SUSPEND_TIMEOUT = 6

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ..slurm import SlurmError, expand_hostlist, job_state, sbatch, wait_inactive
+from ..warm import start_hold
 from .layout import ClusterLayout, load_state
 from .local import ClusterError, LocalCluster, state_lock
 from .processes import alive
-from ..slurm import SlurmError, job_state, sbatch, start_hold, wait_inactive
+
+logger = logging.getLogger(__name__)
 
 # sinfo's state suffixes in power saving (sinfo(1)): '~' powered off, '#' powering up, '%' powering down.
 POWERED_DOWN, POWERING_UP, POWERING_DOWN = "~", "#", "%"
@@ -36,15 +40,6 @@ class ElasticError(ClusterError):
 
 def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def expand_hostlist(hostlist: str, env: dict | None = None, timeout: float = 15) -> list[str]:
-    """fxm[1-3] -> [fxm1, fxm2, fxm3], by Slurm itself (scontrol reads slurm.conf but asks no controller)."""
-    proc = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    if proc.returncode != 0 or not proc.stdout.split():
-        raise ElasticError(f"cannot expand hostlist {hostlist!r}: {proc.stderr.strip() or 'no names'}")
-    return proc.stdout.split()
 
 
 def _cluster_at(state_dir: Path) -> LocalCluster | None:
@@ -208,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if not state:
         _log(f"{args.action} {args.hostlist}: cluster state {args.state_dir} is gone; nothing to do")
         return 0
-    nodes = expand_hostlist(args.hostlist, env=LocalCluster(ClusterLayout.from_json(state["layout"])).environ())
+    try:
+        nodes = expand_hostlist(args.hostlist, env=LocalCluster(ClusterLayout.from_json(state["layout"])).environ())
+    except SlurmError as err:
+        raise ElasticError(f"cannot expand hostlist {args.hostlist!r}: {err}") from None
     (resume if args.action == "resume" else suspend)(args.state_dir, nodes)
     return 0
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..errors import FluxmpiError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "fluxmpi"
 DEFAULT_NODES = 3
@@ -28,7 +33,7 @@ MAX_RESUME_DELAY = 600.0
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
 
 
-class LayoutError(ValueError):
+class LayoutError(FluxmpiError, ValueError):
     """A cluster parameter that cannot work; the message names the value and the fix."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,16 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import FluxmpiError
 from . import configs, network, preflight
 from .layout import ClusterLayout, LayoutError, load_state
-from .processes import (alive, command_of, describe, names_path, pids_in_netns, pids_with_args,
-                        spawn_detached, terminate, wait_gone)
+from .processes import (
+    alive,
+    command_of,
+    describe,
+    names_path,
+    pids_in_netns,
+    pids_with_args,
+    spawn_detached,
+    terminate,
+    wait_gone,
+)
+
+logger = logging.getLogger(__name__)
 
 UP_TIMEOUT = 90.0
 DOWN_WAIT = 15.0   # seconds `down` waits for the processes it stopped to leave the process table
 
 
-class ClusterError(RuntimeError):
+class ClusterError(FluxmpiError, RuntimeError):
     """The local cluster could not be brought up, or is in a state that needs the user's attention."""
 
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 
+from ..errors import FluxmpiError
 from .layout import ClusterLayout
+
+logger = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
 HOSTS_FILE = Path(os.environ.get("FLUXMPI_HOSTS_FILE", "/etc/hosts"))
 
 
-class NetworkError(RuntimeError):
+class NetworkError(FluxmpiError, RuntimeError):
     pass
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 
+from ..errors import FluxmpiError
 from . import network
 from .layout import ClusterLayout, state_root
 from .processes import command_of, find_processes
+
+logger = logging.getLogger(__name__)
 
 # executable -> Debian package that provides it
 REQUIRED_COMMANDS = {
@@ -30,7 +34,7 @@ REQUIRED_COMMANDS = {
 INSTALL_HINT = "run `bash install_scripts/install-cluster-deps.sh` (as root)"
 
 
-class PreflightError(RuntimeError):
+class PreflightError(FluxmpiError, RuntimeError):
     """The cluster cannot be started here; the message says why and what to do."""
 
 

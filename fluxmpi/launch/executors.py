@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from parsl.executors import HighThroughputExecutor, MPIExecutor
 
+from ..logs import log_into
 from ..spec import MPITaskSpec, SpecError
 from .gate import NodeGate, check_policy
 
@@ -69,6 +70,12 @@ class GatedMPIExecutor(MPIExecutor):
     def fluxmpi_resources(spec: MPITaskSpec) -> dict:
         return spec.parsl_resource_spec()
 
+    def start(self) -> None:
+        log_into(self.run_dir)
+        logger.info("%s: node gate over %d nodes per block, admission %s, ranks by %s", self.label,
+                    self.nodes_per_block, self.admission, self.fluxmpi_launcher)
+        super().start()
+
     @property
     def waiting(self) -> int:
         """Tasks held back by the gate (their nodes are not free yet)."""
@@ -109,6 +116,10 @@ class StaticBlocksExecutor(HighThroughputExecutor):
     @staticmethod
     def fluxmpi_resources(spec: MPITaskSpec) -> None:
         return None
+
+    def start(self) -> None:
+        log_into(self.run_dir)
+        super().start()
 
     def submit(self, func: Callable, resource_specification: dict, *args: Any, **kwargs: Any) -> Future:
         spec = _mpi_app_spec(args, kwargs)

@@ -16,6 +16,7 @@ A task that does not fit never blocks one behind it that does, under either poli
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..spec import SpecError
+
+logger = logging.getLogger(__name__)
 
 ADMISSION_POLICIES = ("largest-first", "in-order")
 
@@ -89,6 +92,7 @@ class NodeGate:
                 ready.append(item)
         for item in ready:
             item.proxy.fluxmpi_admitted = time.time()    # when its nodes were free (the runner's records)
+            logger.debug("admitted %s (%d nodes; %d of %d free now)", item.label, item.nodes, self.free, self.capacity)
             try:
                 inner = item.start()
             except BaseException as err:  # submission itself failed: free the nodes, fail this task only

@@ -7,11 +7,16 @@ task spec (`fluxmpi.apps`), so it is integral and uses flags the installed MPI a
 
 from __future__ import annotations
 
+import logging
+
 from parsl.config import Config
 
 from ..site import Site
-from .blocks import BlockShape, Resilience, slurm_provider
+from .blocks import BlockShape, slurm_provider
 from .executors import GatedMPIExecutor
+from .resilience import Resilience
+
+logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("srun", "mpiexec")
 # How fluxmpi's task bodies start ranks under each (fluxmpi.apps.launch_argv): Debian's mpiexec is Open MPI's.

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,7 +13,9 @@ from parsl.config import Config
 
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
-from .blocks import Resilience
+from .resilience import Resilience
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

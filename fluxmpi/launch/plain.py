@@ -8,12 +8,16 @@ task over the nodes of its choice. `fluxmpi run --path plain` shows this failing
 
 from __future__ import annotations
 
+import logging
+
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SrunLauncher
 
 from ..site import Site
 from .blocks import BlockShape, slurm_provider
+
+logger = logging.getLogger(__name__)
 
 
 def plain_htex_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,

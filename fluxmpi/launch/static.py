@@ -7,11 +7,16 @@ Slurm task counts are widened by `blocks.slurm_provider`).
 
 from __future__ import annotations
 
+import logging
+
 from parsl.config import Config
 
 from ..site import Site
-from .blocks import BlockShape, Resilience, slurm_provider
+from .blocks import BlockShape, slurm_provider
 from .executors import StaticBlocksExecutor
+from .resilience import Resilience
+
+logger = logging.getLogger(__name__)
 
 def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, walltime: int | str = 1800,
                          worker_init: str = "", run_dir: str = "runinfo", label: str = "htex_static",

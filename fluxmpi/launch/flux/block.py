@@ -11,6 +11,7 @@ cancelled or its walltime is nearly over. The login side reads INFO and submits 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+
+logger = logging.getLogger(__name__)
 
 # Leave the instance this long before the block's walltime, so it shuts down itself instead of being killed.
 WALLTIME_MARGIN = 10
@@ -37,7 +40,9 @@ def block_command(info_file: str, flux: str, nodes: int, cores_per_node: int, wa
                   python: str | None = None, link_timeout: int | None = None) -> str:
     """The shell command a Slurm block runs (after its worker_init): brokers on every node as the Flux path
     starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first."""
-    from .executor import broker_step     # here, not at the top: the block program itself imports only the stdlib
+    from .executor import (
+        broker_step,  # here, not at the top: the block program itself imports only the stdlib
+    )
     program = [python or sys.executable, "-m", "fluxmpi.launch.flux.block", info_file, flux, str(int(walltime))]
     return " ".join(shlex.quote(a) for a in broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
                     + program)

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import threading
 from typing import Callable
 
+from ...errors import FluxmpiError
 from .jobspec import JobEnd
+
+logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 60.0
 EARLY_JOBS_KEPT = 1000    # journal events of jobs not (yet) known to be ours, kept for this many jobs
 
 
-class FluxConnectError(RuntimeError):
+class FluxConnectError(FluxmpiError, RuntimeError):
     """The instance could not be reached; says which URI and why."""
 
 

@@ -33,6 +33,7 @@ When a node of the block dies or its link stays down (docs/reliability.md has th
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -41,10 +42,14 @@ from typing import Iterable
 from parsl.config import Config
 from parsl.executors import FluxExecutor
 
+from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec, SpecError
-from ..blocks import BlockShape, Resilience, slurm_provider
+from ..blocks import BlockShape, slurm_provider
+from ..resilience import Resilience
 from .install import FluxInstall, FluxSetupError, check_flux
+
+logger = logging.getLogger(__name__)
 
 # How Slurm hands the brokers their PMI: Flux's broker speaks PMI-1/PMI-2 (wire protocol or libpmi2); Debian's
 # Slurm offers pmi2 beside pmix. Open MPI ranks inside Flux get PMI from Flux itself, not from this.
@@ -195,6 +200,10 @@ class FluxMPIExecutor(FluxExecutor):
 
     def fluxmpi_resources(self, spec: MPITaskSpec) -> dict[str, int]:
         return flux_resource_spec(spec, self.cores_per_node)
+
+    def start(self) -> None:
+        log_into(self.run_dir)
+        super().start()
 
     def submit(self, func, resource_specification, *args, **kwargs):
         nodes = (resource_specification or {}).get("num_nodes") or 1

@@ -8,6 +8,7 @@ the system has, so a version mismatch shows up late and obscurely unless it is c
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...site import SiteError
+
+logger = logging.getLogger(__name__)
 
 FLUX_VAR = "FLUXMPI_FLUX"            # the flux command, or the prefix it is installed under
 # Where flux-core is commonly installed when it is not on PATH (source builds, site installs).

@@ -20,6 +20,7 @@ instance ends (its first node died), every job still out and every later one fai
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -32,21 +33,37 @@ from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.utils import RepresentationMixin
 
+from ... import slurm as slurm_client
+from ...errors import FluxmpiError
+from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec
-from ..blocks import BlockShape, job_states, slurm_provider
-from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
+from ..blocks import BlockShape, slurm_provider
 from .block import block_command
 from .client import InstanceClient
+from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
 from .install import FluxInstall, check_flux
-from .jobspec import (LAUNCHER, FluxJobsError, JobEnd, JobRequest, check_fits, jobspec, mpi_request,
-                             python_request, resource_spec, task_failure, task_result)
+from .jobspec import (
+    LAUNCHER,
+    FluxJobsError,
+    JobEnd,
+    JobRequest,
+    check_fits,
+    jobspec,
+    mpi_request,
+    python_request,
+    resource_spec,
+    task_failure,
+    task_result,
+)
+
+logger = logging.getLogger(__name__)
 
 URI_TIMEOUT = 300.0        # seconds for the block to start and publish its instance (queue wait included)
 BLOCK_LOOK_PERIOD = 3.0    # seconds between squeue looks while waiting for the instance
 
 
-class FluxJobsBlockError(RuntimeError):
+class FluxJobsBlockError(FluxmpiError, RuntimeError):
     """The block's Flux instance never became reachable; names the Slurm job and its log."""
 
 
@@ -131,6 +148,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                              python=self.python, link_timeout=self.link_timeout)
 
     def start(self) -> None:
+        log_into(self.run_dir)
         super().start()
         self.working_dir = os.path.abspath(self.working_dir or os.path.join(self.run_dir, self.label))
         os.makedirs(self.tasks_dir, exist_ok=True)
@@ -155,7 +173,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 and not self.bad_state_is_set:
             ended = "; ".join(f"block {b}: {s.state.name} {s.message or ''}".strip() for b, s in status.items())
             # Parsl's state says COMPLETED for a block that hit its walltime; Slurm's says why (TimeLimit, ...).
-            slurm = (job_states([self._job_id]) or {}).get(self._job_id) if self._job_id else None
+            slurm = _job_state(self._job_id) if self._job_id else None
             if slurm:
                 ended += f"; Slurm job {self._job_id}: {slurm['state']} ({slurm['reason']})"
             self.set_bad_state_and_fail_all(FluxJobsBlockError(
@@ -184,6 +202,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             self._job_id = str(job_id)
             self._instance = self._wait_for_instance(self._info_file(block_id), str(job_id))
             self._client = InstanceClient(self._instance["uri"]).start()
+            logger.info("%s: connected to the Flux instance of Slurm job %s at %s", self.label, job_id,
+                        self._instance["uri"])
         except Exception as err:  # noqa: BLE001 - every waiting task gets the reason
             if not self._stopped.is_set():
                 self.set_bad_state_and_fail_all(err if isinstance(err, FluxJobsBlockError)
@@ -205,7 +225,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                     return json.load(f)
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + BLOCK_LOOK_PERIOD
-                state = (job_states([job_id]) or {}).get(job_id, {})
+                state = _job_state(job_id)
                 if state.get("state") not in (None, "PENDING", "CONFIGURING", "RUNNING"):
                     raise FluxJobsBlockError(
                         f"Slurm job {job_id} (the Flux block) is {state['state']} ({state.get('reason')}) and never "
@@ -284,8 +304,11 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             dead = flux_lost_nodes([end.exception[1]])
             if dead:       # before the future fails: Parsl may submit the retry from inside set_exception
                 self._lost_hosts = self._lost_hosts | set(dead)
+                logger.warning("%s: Flux lost node(s) %s; later jobs avoid them", self.label, ", ".join(sorted(dead)))
         if not ok:
-            fut.set_exception(task_failure(req, end))
+            failure = task_failure(req, end)
+            logger.info("%s: %s", self.label, str(failure).splitlines()[0])
+            fut.set_exception(failure)
         elif req.kind == "python":
             from parsl.serialize import deserialize
             try:
@@ -295,6 +318,15 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 fut.set_exception(FluxJobsError(f"task {req.task}: its result {req.result_file} is unreadable: {err}"))
         else:
             fut.set_result(task_result(req, end, env_file))
+
+
+def _job_state(job_id: str) -> dict:
+    """The block's Slurm state, reason and nodes; {} when squeue does not answer (asked again later)."""
+    try:
+        return slurm_client.job_states([job_id]).get(job_id, {})
+    except slurm_client.SlurmError as err:
+        logger.info("squeue about the Flux block %s: %s", job_id, err)
+        return {}
 
 
 def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,

@@ -10,6 +10,7 @@ No broker is needed for anything here: the executor (fluxmpi.launch.flux.jobs) s
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterable
 from ...apps import MPITaskFailed, run_mpi_task
 from ...mpiapp import MPICommand, command_argv, output_paths, run_mpi_app
 from ...spec import MPITaskSpec, SpecError
+
+logger = logging.getLogger(__name__)
 
 LAUNCHER = "flux-jobs"   # the `launcher` argument the runner passes run_mpi_task on this path
 # The resource_specification keys this path reads (FluxExecutor's four plus exclusive); any other is refused.

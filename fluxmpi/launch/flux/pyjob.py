@@ -9,8 +9,11 @@ DataFlowKernel re-raises, so a failing call still exits 0: the job failing means
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+
+logger = logging.getLogger(__name__)
 
 
 def main(call_file: str, result_file: str) -> int:
