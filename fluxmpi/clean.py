@@ -4,7 +4,7 @@ A run's manifest lists the paths it creates (Parsl run directory, records, compi
 exactly those (a listed directory whole: the run made it), then the manifest, then the run directory only if
 that left it empty. Anything else in the run directory (a file a user put there) is kept and reported. Listed
 paths that point outside the run directory (a damaged or edited manifest) are refused, and a run whose owner
-(recorded as "pid" and "host" in newer manifests) is still running is skipped.
+(recorded as "pid" and "host" in the manifest, fluxmpi.rundir) is still running is skipped.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rundir
 from .cluster.processes import alive
 from .errors import FluxmpiError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST
 DEFAULT_ROOTS = ("fluxmpi-runs", "fluxmpi-bench")
 
 # What each conventional entry of a run directory is, to explain what is removed.
@@ -30,6 +31,8 @@ EXPLAIN = {
     "records": "task outputs: the rank records the MPI tasks wrote",
     "bin": "compiled apps: the MPI app built for this run",
     "runinfo": "Parsl run directory: Parsl's logs, submit scripts and worker logs",
+    "tasks": "the user's programs' output: NAME.out and NAME.err per task",
+    "faults": "markers of --fail-once faults",
     "run.json": "the run's summary: timings, task outcomes, placement report",
 }
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from . import placement
+from .rundir import RunDir
 from .spec import MPITaskSpec, SpecError
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ def finished_tasks(workdir: str | Path, task_ids: list[str], specs: list[MPITask
 
     commands: the user's programs of this run (None: the bundled app). A task whose command changed since is
     not skipped: it runs again."""
-    workdir = Path(workdir)
-    run_json, manifest = workdir / "run.json", workdir / "manifest.json"
+    rd = RunDir.at(workdir)
+    workdir, run_json, manifest = rd.root, rd.run_json, rd.manifest
     if not run_json.is_file() and not manifest.is_file():
         raise ResumeError(f"--resume: {str(workdir)!r} holds no earlier run (no run.json or manifest.json): "
                           f"give the --workdir of the run to resume")
@@ -58,7 +59,7 @@ def finished_tasks(workdir: str | Path, task_ids: list[str], specs: list[MPITask
                 done[tid] = outcome
             if outcome.get("returned") is not None:
                 reported.add(tid)
-    records_dir = workdir / "records"
+    records_dir = rd.records
     # Rank records do not say which command wrote them: only the bundled app's tasks are judged by them.
     if records_dir.is_dir() and commands is None:
         placements = placement.read_records(records_dir).placements()

@@ -7,7 +7,6 @@ SIGTERM), and a run can be resumed from it (docs/reliability.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,6 +38,7 @@ from .mpiapp import MPICommand
 from .rank_wrapper import wrap
 from .rankfault import RankFault, as_faults, task_fault_options
 from .resume import finished_tasks
+from .rundir import RunDir, write_json
 from .site import Site
 from .spec import MPITaskSpec, SpecError, parse_walltime
 
@@ -318,19 +318,13 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     index = {tid: i for i, tid in enumerate(task_ids)}
     user_argvs = [list(c.argv) for c in commands] if commands is not None else None
     earlier = finished_tasks(workdir, task_ids, specs, user_argvs) if resume else {}
-    records_dir, bin_dir, markers = workdir / "records", workdir / "bin", workdir / "faults"
-    tasks_dir = workdir / "tasks"
-    for d in (records_dir, bin_dir, tasks_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    once = any(f.once for f in faults)
-    _write_manifest(workdir, [records_dir, bin_dir, tasks_dir, workdir / "runinfo", workdir / "run.json"]
-                    + ([markers] if once else []))
-    if once:
-        markers.mkdir(exist_ok=True)
+    rd = RunDir.at(workdir)
+    records_dir, bin_dir, markers = rd.records, rd.bin, rd.faults
+    rd.create(with_faults=any(f.once for f in faults))
     if commands is not None:      # the user's programs, each rank behind the wrapper that records its placement
         app_argvs = [wrap(argv, tid, records_dir) for argv, tid in zip(user_argvs, task_ids)]
-        io = [{"stdout": str(tasks_dir / f"{tid}.out"), "stderr": str(tasks_dir / f"{tid}.err"),
-               "cwd": c.cwd, "env": dict(c.env)} for tid, c in zip(task_ids, commands)]
+        io = [dict(zip(("stdout", "stderr"), map(str, rd.task_output(tid))), cwd=c.cwd, env=dict(c.env))
+              for tid, c in zip(task_ids, commands)]
         for extra, limit in zip(io, timeouts or []):
             if limit:
                 extra["timeout"] = limit
@@ -341,7 +335,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
         io = [{} for _ in task_ids]
 
     site.apply_env()
-    plan = replace(plan, walltime=walltime, worker_init=worker_init, run_dir=str(workdir / "runinfo"),
+    plan = replace(plan, walltime=walltime, worker_init=worker_init, run_dir=str(rd.runinfo),
                    resilience=res, admission=admission)
     outcomes: list[TaskOutcome] = []
     for tid, spec in zip(task_ids, specs):
@@ -440,9 +434,7 @@ class _RunJsonWriter:
         self._lock = threading.Lock()
 
     def _dump(self, data: dict) -> None:
-        tmp = self.workdir / f".run.json.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, self.workdir / "run.json")   # a reader never sees half a file
+        write_json(RunDir.at(self.workdir).run_json, data)      # a reader never sees half a file
 
     def write(self, complete: bool) -> None:
         with self._lock:
@@ -620,8 +612,3 @@ def _give_up(futures: dict[Future, TaskOutcome], pending, reason: str) -> None:
         if outcome.returned is None:
             outcome.error, outcome.returned = reason, time.time()
 
-
-def _write_manifest(workdir: Path, created: list[Path]) -> None:
-    """What this run creates, so `fluxmpi clean` can remove exactly that and nothing else."""
-    manifest = {"created": [str(p) for p in created], "workdir": str(workdir), "time": time.time()}
-    (workdir / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -12,19 +12,17 @@ from click.testing import CliRunner
 
 from fluxmpi import clean
 from fluxmpi.cli.clean import clean_command
-from fluxmpi.runner import _write_manifest
+from fluxmpi.rundir import RunDir
 
 
 def _fake_run(root: Path, name: str = "20260101-000000-htex", foreign: bool = True) -> Path:
     """A run directory as run_tasks lays it out, with the manifest written by the runner's own function."""
     wd = (root / "fluxmpi-runs" / name).absolute()
-    (wd / "records").mkdir(parents=True)
-    (wd / "bin").mkdir()
+    RunDir.at(wd).create()       # the directories and the manifest, as the runner makes them
     (wd / "runinfo" / "000").mkdir(parents=True)
     (wd / "records" / "t0.0.json").write_text("{}\n")
     (wd / "bin" / "mpi_hello").write_bytes(b"\0" * 4096)
     (wd / "runinfo" / "000" / "parsl.log").write_text("log\n")
-    _write_manifest(wd, [wd / "records", wd / "bin", wd / "runinfo", wd / "run.json"])
     (wd / "run.json").write_text("{}\n")
     if foreign:
         (wd / "my-notes.txt").write_text("keep me\n")
@@ -37,7 +35,7 @@ def test_dry_run_lists_exactly_what_the_run_created_and_removes_nothing(tmp_path
     plans, problems = clean.clean(dry_run=True, cwd=tmp_path)
     assert problems == [] and len(plans) == 1
     removed = {item.path for item in plans[0].remove}
-    assert removed == {wd / "records", wd / "bin", wd / "runinfo", wd / "run.json", wd / "manifest.json"}
+    assert removed == {wd / "records", wd / "bin", wd / "tasks", wd / "runinfo", wd / "run.json", wd / "manifest.json"}
     assert plans[0].keep == [wd / "my-notes.txt"]
     assert sorted(p for p in wd.rglob("*")) == before
     text = clean.render(plans, dry_run=True, base=tmp_path)
@@ -118,7 +116,7 @@ def test_cli_dry_run_then_clean(tmp_path, monkeypatch):
     runner = CliRunner()
     dry = runner.invoke(clean_command, ["--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert dry.output.count("would remove") == 6           # 5 items and the summary line
+    assert dry.output.count("would remove") == 7           # 6 items and the summary line
     assert (wd / "records").exists()
     done = runner.invoke(clean_command, [])
     assert done.exit_code == 0 and "removed 5 item(s)" in done.output

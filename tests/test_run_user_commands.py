@@ -46,6 +46,7 @@ def test_bad_task_files_are_refused_before_anything_is_submitted(case, tmp_path)
     assert "booting" not in result.output
 
 
+@pytest.mark.cluster
 def test_a_task_bigger_than_the_cluster_is_refused_naming_the_task(cluster, tmp_path):
     (tmp_path / "tasks.yaml").write_text("tasks:\n  - {name: small, command: ./x, nodes: 1}\n"
                                          "  - {name: huge, command: ./x, nodes: 9}\n")

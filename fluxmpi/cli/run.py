@@ -113,7 +113,8 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
             entries = taskfile.load_tasks(tasks_file)       # the whole file checked before anything else
             specs = [e.spec for e in entries]
             names = [e.name for e in entries]
-            commands = [MPICommand(e.command, env=e.env, cwd=e.cwd) for e in entries]
+            # Like srun's tasks, each runs where `fluxmpi run` was started (a task's cwd is taken from there).
+            commands = [MPICommand(e.command, env=e.env, cwd=os.path.abspath(e.cwd or ".")) for e in entries]
             timeouts = [e.timeout for e in entries]
             spec = max(specs, key=lambda s: s.nodes)
         else:
@@ -121,7 +122,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
                                      cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
             specs = [spec] * repeats
             if command:
-                commands = [MPICommand.of(list(command), where="COMMAND")] * repeats
+                commands = [MPICommand(MPICommand.of(list(command), where="COMMAND").argv, cwd=os.getcwd())] * repeats
         if repeats < 1:
             raise SpecError(f"--repeats {repeats} must be at least 1")
         if run_timeout <= 0:

@@ -390,8 +390,11 @@ class LocalCluster:
                 lay = ClusterLayout.from_json(state["layout"])
             except LayoutError:
                 pass
+        # Daemons still naming the cluster's files count too: a run killed mid-way can leave one behind its
+        # state (and its port taken, so the next `up` would be refused).
+        strays = pids_with_args(lay.state_dir)
         leftovers = (network.leftover_netns(lay) or network.leftover_links(lay)
-                     or _hosts_block_present(lay) or lay.state_dir.exists())
+                     or _hosts_block_present(lay) or lay.state_dir.exists() or strays)
         if not leftovers:
             return f"cluster {lay.name} is not up; nothing to do"
         if lay.elastic:
@@ -400,6 +403,7 @@ class LocalCluster:
         victims = set()
         for ns in network.leftover_netns(lay):
             victims.update(pids_in_netns(network.NETNS_DIR / ns))
+        victims.update(strays)
         for name, pid in (state or {}).get("pids", {}).items():
             # Guard against pid reuse: only stop a pid whose command line still names our state dir.
             if alive(pid) and names_path(command_of(pid), lay.state_dir):
