@@ -119,7 +119,7 @@ def test_cli_dry_run_then_clean(tmp_path, monkeypatch):
     assert dry.output.count("would remove") == 7           # 6 items and the summary line
     assert (wd / "records").exists()
     done = runner.invoke(clean_command, [])
-    assert done.exit_code == 0 and "removed 5 item(s)" in done.output
+    assert done.exit_code == 0 and "removed 6 item(s)" in done.output
     again = runner.invoke(clean_command, [])
     assert again.exit_code == 0 and "no runs found" in again.output
     missing = runner.invoke(clean_command, ["no-such-dir"])
