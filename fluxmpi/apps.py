@@ -20,11 +20,10 @@ import tempfile
 import time
 
 from .errors import FluxmpiError
+from .launchers import launch_argv   # "flux" is not composed: the body is that rank (run_flux_rank)
 
 logger = logging.getLogger(__name__)
 
-# "flux": the body runs once per rank inside a Flux job and is that rank (see run_flux_rank).
-LAUNCHERS = ("srun", "mpiexec-openmpi", "mpiexec-mpich", "mpirun-local", "flux")
 
 
 class MPITaskFailed(FluxmpiError, RuntimeError):
@@ -55,27 +54,6 @@ def task_nodes(env: dict | None = None) -> list[str]:
                              capture_output=True, text=True, timeout=30, check=True).stdout
         return out.split()
     return [socket.gethostname()]
-
-
-def launch_argv(spec, launcher: str, nodes: list[str], app_argv: list[str],
-                session_base: str | None = None) -> list[str]:
-    """The full command line: launcher prefix for `spec` over `nodes`, then the app.
-
-    session_base: for Open MPI, the directory its session directories go under (see openmpi_session_base).
-    """
-    if launcher == "srun":
-        return spec.srun_args(mpi="pmix", nodelist=nodes[:spec.nodes]) + app_argv
-    if launcher == "mpiexec-openmpi":
-        argv = spec.mpiexec_args("openmpi", hosts=nodes[:spec.nodes])
-        if session_base:
-            argv[1:1] = ["--mca", "orte_tmpdir_base", session_base]
-        return argv + app_argv
-    if launcher == "mpiexec-mpich":
-        return spec.mpiexec_args("mpich", hosts=nodes[:spec.nodes], program="mpiexec.mpich") + app_argv
-    if launcher == "mpirun-local":
-        # What a user of the out-of-the-box config writes: mpirun with a rank count and nothing else.
-        return ["mpirun", "-n", str(spec.ranks)] + app_argv
-    raise ValueError(f"launcher {launcher!r} is not one of {LAUNCHERS}")
 
 
 # "srun: error: fxm2: task 3: Exited with exit code 7" / "srun: error: fxm1: tasks 0-1: Segmentation fault"

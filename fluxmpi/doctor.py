@@ -260,7 +260,7 @@ def _srun(mpi: str):
     return lambda n, app, c: ["srun", f"--job-name={PROBE_JOB_NAME}", f"--mpi={mpi}", f"-N{n}", f"-n{n}", *app]
 
 
-LAUNCHERS = (
+PROBES = (
     Launcher("srun-pmix", "srun --mpi=pmix", "srun", _srun("pmix")),
     Launcher("srun-pmi2", "srun --mpi=pmi2", "srun", _srun("pmi2")),
     Launcher("mpirun", "mpirun (Open MPI) in salloc", "mpirun",
@@ -365,7 +365,7 @@ def probe(cluster: LocalCluster, timeout: float = DEFAULT_PROBE_TIMEOUT, nodes: 
                 binaries[mpi.key] = compile_c_app(work, mpicc=mpi.mpicc, env=env, name=f"hello_{mpi.key}")
             except (MpiAppError, CompileError) as err:
                 binaries[mpi.key] = str(err).splitlines()[0]
-        for launcher in LAUNCHERS:
+        for launcher in PROBES:
             for mpi in MPIS:
                 binary = binaries[mpi.key]
                 if not isinstance(binary, Path):

@@ -331,72 +331,15 @@ class MPITaskSpec:
         return {"num_nodes": self.nodes, "num_ranks": self.ranks, "ranks_per_node": self.ranks_per_node}
 
     def srun_args(self, mpi: str | None = "pmix", nodelist: str | Sequence[str] | None = None) -> list[str]:
-        """argv prefix for a job step inside an allocation: `srun ... <program>`.
+        """argv prefix for a job step inside an allocation: see fluxmpi.launchers.srun.srun_args."""
+        from .launchers.srun import srun_args
+        return srun_args(self, mpi, nodelist)
 
-        exclusive=True adds nothing: by default (Slurm 22.05, `man srun`) a step gets all of the job's CPUs
-        on its nodes and does not share them with other steps, which is node exclusivity inside the
-        allocation. The step form of `--exclusive` would do the opposite (it implies --exact: only the
-        requested CPUs, the rest of the node left to other steps).
-        exclusive=False adds `--exact`, so the step takes only ranks x cores and other steps can share
-        its nodes. --cpus-per-task is always given so a block's inherited SLURM_CPUS_PER_TASK
-        cannot change the step. --time is rounded up to minutes by Slurm.
-        `mpi=None` leaves the plugin to the cluster's MpiDefault; Debian's Open MPI needs "pmix".
-        --kill-on-bad-exit=1: one rank that fails ends the step, as mpirun and Flux (exit-on-error) end theirs;
-        srun's default leaves the other ranks waiting for it in MPI_Init or a collective until a time limit.
-        """
-        argv = [
-            "srun",
-            "--nodes", str(self.nodes),
-            "--ntasks", str(self.ranks),
-            "--ntasks-per-node", str(self.ranks_per_node),
-            "--cpus-per-task", str(self.cores_per_rank),
-            "--kill-on-bad-exit=1",
-        ]
-        if self.gpus_per_rank:
-            argv += ["--gpus-per-task", str(self.gpus_per_rank)]
-        if not self.exclusive:
-            argv.append("--exact")
-        if self.walltime is not None:
-            argv += ["--time", format_clock(self.walltime)]
-        if nodelist is not None:
-            argv += ["--nodelist", ",".join(_host_list("nodelist", nodelist, self.nodes))]
-        if mpi is not None:
-            if not isinstance(mpi, str) or not re.fullmatch(r"[A-Za-z0-9_]+", mpi):
-                raise SpecError(f"mpi={mpi!r} is not an MPI plugin name: give one `srun --mpi=list` shows, e.g. 'pmix'")
-            argv.append(f"--mpi={mpi}")
-        return argv
 
     def mpiexec_args(self, flavor: str, hosts: str | Sequence[str] | None = None, program: str | None = None) -> list[str]:
-        """argv prefix for Open MPI 4.1 `mpirun` or MPICH hydra `mpiexec`.
-
-        Open MPI: `--map-by ppr:RPN:node[:PE=C]` places RPN ranks per node with C cores each;
-        exclusive binds ranks to cores, shared uses `--bind-to none` because concurrent mpiruns on one
-        node do not coordinate and would all pin to the same first cores. A walltime becomes
-        `--timeout SECONDS`. MPICH: `-n -ppn [-hosts]`, and for exclusive `-bind-to core:C`; hydra has
-        no timeout flag (set MPIEXEC_TIMEOUT in the environment). GPUs have no flag in either.
-        `program` overrides argv[0] (Debian names MPICH's launcher `mpiexec.mpich`).
-        """
-        if flavor not in MPI_FLAVORS:
-            raise SpecError(f"flavor={flavor!r} is not a known MPI: give one of {list(MPI_FLAVORS)}")
-        host_names = None if hosts is None else _host_list("hosts", hosts, self.nodes)
-        if flavor == "openmpi":
-            mapping = f"ppr:{self.ranks_per_node}:node"
-            if self.cores_per_rank > 1:
-                mapping += f":PE={self.cores_per_rank}"
-            argv = [program or "mpirun", "-n", str(self.ranks), "--map-by", mapping,
-                    "--bind-to", "core" if self.exclusive else "none"]
-            if self.walltime is not None:
-                argv += ["--timeout", str(self.walltime)]
-            if host_names:
-                # host:slots so Open MPI does not count a host's slots from a (missing) hostfile.
-                argv += ["--host", ",".join(f"{h}:{self.ranks_per_node}" for h in host_names)]
-            return argv
-        argv = [program or "mpiexec", "-n", str(self.ranks), "-ppn", str(self.ranks_per_node)]
-        if self.exclusive:
-            argv += ["-bind-to", f"core:{self.cores_per_rank}"]
-        if host_names:
-            argv += ["-hosts", ",".join(host_names)]
-        return argv
+        """argv prefix for Open MPI's `mpirun` or MPICH's `mpiexec`: see fluxmpi.launchers.mpiexec."""
+        from .launchers.mpiexec import mpiexec_args
+        return mpiexec_args(self, flavor, hosts, program)
 
     def flux_executor_spec(self) -> dict[str, int]:
         """resource_specification for Parsl's FluxExecutor (it reads only these four keys).
@@ -412,42 +355,11 @@ class MPITaskSpec:
         }
 
     def flux_run_args(self) -> list[str]:
-        """argv for `flux run` (same options for `flux submit`): ranks spread evenly over -N nodes.
-
-        -t is given in seconds with an explicit unit because a bare number means minutes to flux.
-        """
-        argv = ["-N", str(self.nodes), "-n", str(self.ranks), "-c", str(self.cores_per_rank)]
-        if self.gpus_per_rank:
-            argv += ["--gpus-per-task", str(self.gpus_per_rank)]
-        if self.exclusive:
-            argv.append("-x")
-        if self.walltime is not None:
-            argv += ["-t", f"{self.walltime}s"]
-        return argv
+        """argv for `flux run`: see fluxmpi.launchers.flux.flux_run_args."""
+        from .launchers.flux import flux_run_args
+        return flux_run_args(self)
 
     def flux_jobspec(self, command: Sequence[str] | None = None) -> dict[str, Any]:
-        """A Flux jobspec v1 (RFC 25) dict: N nodes, each with RPN slots of C cores (+G GPUs).
-
-        One task per slot; duration 0 means no limit. `command` defaults to FLUX_COMMAND_PLACEHOLDER for
-        the caller to replace; environment and cwd are the submitter's to add.
-        """
-        if command is None:
-            command = [FLUX_COMMAND_PLACEHOLDER]
-        elif isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
-            raise SpecError(f"command={command!r} is not a non-empty list of strings: give e.g. ['mpi_hello']")
-        per_slot: list[dict[str, Any]] = [{"type": "core", "count": self.cores_per_rank}]
-        if self.gpus_per_rank:
-            per_slot.append({"type": "gpu", "count": self.gpus_per_rank})
-        node: dict[str, Any] = {
-            "type": "node",
-            "count": self.nodes,
-            "with": [{"type": "slot", "count": self.ranks_per_node, "label": "task", "with": per_slot}],
-        }
-        if self.exclusive:
-            node["exclusive"] = True
-        return {
-            "version": 1,
-            "resources": [node],
-            "tasks": [{"command": list(command), "slot": "task", "count": {"per_slot": 1}}],
-            "attributes": {"system": {"duration": self.walltime or 0}},
-        }
+        """A Flux jobspec v1 (RFC 25) dict: see fluxmpi.launchers.flux.flux_jobspec."""
+        from .launchers.flux import flux_jobspec
+        return flux_jobspec(self, command)

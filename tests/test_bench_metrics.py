@@ -340,3 +340,22 @@ def test_the_mpirun_baseline_gives_mpirun_the_whole_allocation():
     assert env["SLURM_NODELIST"] == "n1,n2,n3" and env["SLURM_NNODES"] == "3"
     assert env["SLURM_TASKS_PER_NODE"] == "2(x3)" and env["SLURM_NTASKS"] == "6"
     assert env["SLURM_OVERLAP"] == "1"
+
+
+def test_the_wrapper_cost_is_the_user_app_rows_launch_time_beyond_its_paths():
+    """A +wrap row runs the same workload through the same path with the rank wrapper in front of every rank:
+    the difference of their median launch-to-done times is what the wrapper costs a task."""
+    from fluxmpi.bench import report
+    from fluxmpi.bench.driver import _compare_with_baselines
+
+    def run(name, launch_to_done, baseline=None):
+        return {"name": name, "baseline": baseline, "status": "ok", "reason": None,
+                "summary": {"overhead_median": 0.4, "launch_to_done_median": launch_to_done}}
+    entry = {"runs": [run("bare-srun", 1.40), run("htex", 1.475, "bare-srun"), run("htex+wrap", 1.4775, "bare-srun")]}
+    _compare_with_baselines(entry)
+    runs = {r["name"]: r["summary"] for r in entry["runs"]}
+    assert runs["htex+wrap"]["wrapper_cost"] == pytest.approx(0.0025)
+    assert "wrapper_cost" not in runs["htex"]
+    text = "\n".join(report.render_wrapper_cost(entry))
+    assert "| htex+wrap | 1.475 | 1.478 | 2.5 ms |" in text, text
+    assert report.render_wrapper_cost({"runs": [run("htex", 1.4)]}) == []

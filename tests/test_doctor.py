@@ -111,7 +111,7 @@ def test_mpich_singletons_are_caught(cluster, probe_results, tmp_path):
 
 @pytest.mark.cluster
 def test_every_probe_was_bounded_and_left_nothing(cluster, probe_results):
-    assert len(probe_results) == len(doctor.LAUNCHERS) * len(doctor.MPIS)
+    assert len(probe_results) == len(doctor.PROBES) * len(doctor.MPIS)
     assert all(r.seconds <= 60 + 15 for r in probe_results.values())
     assert not list(cluster.layout.state_dir.glob("doctor-*"))
     left = cluster.run(["squeue", "-h", "-n", doctor.PROBE_JOB_NAME, "-o", "%i %T"]).stdout.split()
@@ -127,7 +127,7 @@ def test_cli_prints_the_matrix(cluster, probe_results):
     header = next(line for line in lines if line.startswith("launcher"))
     assert header.split()[1:] == ["Open", "MPI", "MPICH"]
     # The printed verdicts are the probe's verdicts (a second run, same facts): first word of each cell.
-    for launcher in doctor.LAUNCHERS:
+    for launcher in doctor.PROBES:
         row = next(line for line in lines if line.startswith(launcher.label + " "))
         words = [w for w in row[len(launcher.label):].split() if w in ("works", "FAILS", "not")]
         expected = [probe_results[(launcher.label, m.label)] for m in doctor.MPIS]

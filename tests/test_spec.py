@@ -254,7 +254,8 @@ def test_mpiexec_args_openmpi():
 
 
 def test_each_open_mpi_launch_gets_a_session_base_of_its_own_removed_after():
-    from fluxmpi.apps import launch_argv, openmpi_session_base
+    from fluxmpi.apps import openmpi_session_base
+    from fluxmpi.launchers import launch_argv
     with openmpi_session_base("t0") as a, openmpi_session_base("t0") as b:
         assert a != b and os.path.isdir(a) and os.path.isdir(b)
         argv = launch_argv(BASIC, "mpiexec-openmpi", ["n1", "n2"], ["app"], a)

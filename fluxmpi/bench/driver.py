@@ -250,6 +250,11 @@ def _compare_with_baselines(entry: dict) -> None:
         if r["summary"] and base and base["summary"]:
             r["summary"]["overhead_vs_baseline"] = metrics.ratio(r["summary"].get("overhead_median"),
                                                                  base["summary"].get("overhead_median"))
+        # A user-app row against its path on the same workload: the rank wrapper's cost per task.
+        plain = runs.get(r["name"].removesuffix(WRAP_SUFFIX)) if r["name"].endswith(WRAP_SUFFIX) else None
+        mine, theirs = (r.get("summary") or {}), ((plain or {}).get("summary") or {})
+        if mine.get("launch_to_done_median") is not None and theirs.get("launch_to_done_median") is not None:
+            mine["wrapper_cost"] = mine["launch_to_done_median"] - theirs["launch_to_done_median"]
 
 
 def _wait_for_idle_nodes(site: Site, log) -> None:

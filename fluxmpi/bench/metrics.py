@@ -236,6 +236,9 @@ def summarize(tasks: Sequence[dict], nodes: int, t_start: float | None = None,
         "run_median": median(r["run"] for r in rows),
         "wait_median": median(r["wait"] for r in rows),
     })
+    # From the launcher's start to its end (the task body's own stamps): what a rank wrapper adds shows here.
+    launched = [t["done"] - t["launched"] for t in ok if t.get("done") is not None and t.get("launched") is not None]
+    out["launch_to_done_median"] = median(launched) if launched else None
     # Means, not medians: the means of the components add up to the mean overhead.
     out["components_mean"] = {c: (None if rows[0][c] is None else sum(r[c] for r in rows) / len(rows))
                               for c in COMPONENTS}

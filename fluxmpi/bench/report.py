@@ -73,9 +73,28 @@ def render_markdown(bench: dict) -> str:
                 lines.append(f"| {r['name']} | " + " | ".join(_f(c.get(k)) for k in COMPONENTS)
                              + f" | {_f(r['summary'].get('overhead_mean'))} |")
         lines += render_warmth(entry)
+        lines += render_wrapper_cost(entry)
     lines += ["", "Components: " + "; ".join(f"**{k}** {COMPONENT_HELP[k]}" for k in COMPONENTS) + "."]
     lines += ["", "## Targets", ""] + render_targets(bench.get("targets", []))
     return "\n".join(lines) + "\n"
+
+
+def render_wrapper_cost(entry: dict) -> list[str]:
+    """The user-app rows (+wrap): each task's launcher run, start to end, beside the same path without the rank
+    wrapper; the difference is what the wrapper costs a task (its ranks start in parallel)."""
+    rows = [r for r in entry["runs"] if (r.get("summary") or {}).get("wrapper_cost") is not None]
+    if not rows:
+        return []
+    lines = ["", "The rank wrapper (user-app rows): median seconds from a task's launch to its launcher's end, with "
+             "and without the wrapper in front of every rank:", "",
+             "| run | without | with | wrapper cost per task |", "|---|---|---|---|"]
+    by_name = {r["name"]: r for r in entry["runs"]}
+    for r in rows:
+        plain = by_name[r["name"].rsplit("+", 1)[0]]["summary"]
+        s = r["summary"]
+        lines.append(f"| {r['name']} | {_f(plain['launch_to_done_median'])} | {_f(s['launch_to_done_median'])} "
+                     f"| {_f(s['wrapper_cost'], 1, 1000, ' ms')} |")
+    return lines
 
 
 def render_warmth(entry: dict) -> list[str]:

@@ -18,7 +18,7 @@ from .resilience import Resilience
 
 logger = logging.getLogger(__name__)
 
-LAUNCHERS = ("srun", "mpiexec")
+MPI_LAUNCHERS = ("srun", "mpiexec")       # Parsl's MPIExecutor(mpi_launcher=...)
 # How fluxmpi's task bodies start ranks under each (fluxmpi.apps.launch_argv): Debian's mpiexec is Open MPI's.
 _RANK_LAUNCHER = {"srun": "srun", "mpiexec": "mpiexec-openmpi"}
 
@@ -42,8 +42,8 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
     """
     res = resilience or Resilience()
     threshold = heartbeat_threshold or res.heartbeat_threshold
-    if mpi_launcher not in LAUNCHERS:
-        raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {LAUNCHERS}")
+    if mpi_launcher not in MPI_LAUNCHERS:
+        raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {MPI_LAUNCHERS}")
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
     executor = GatedMPIExecutor(
         nodes_per_block=shape.nodes_per_block,

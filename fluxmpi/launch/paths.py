@@ -35,7 +35,7 @@ class Plan:
 class LaunchPath:
     name: str
     summary: str
-    launcher: str                                    # how ranks start, see fluxmpi.apps.LAUNCHERS
+    launcher: str                                    # how ranks start: a name of fluxmpi.launchers
     build_config: Callable[[Site, Plan], Config]
     plan: Callable[[Site, list[MPITaskSpec], int | None], Plan]
     resource_spec: Callable[[MPITaskSpec], dict | None]

@@ -1,0 +1,53 @@
+"""Flux: `flux run` options and the RFC 25 jobspec a task becomes (flux-core 0.88)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from ..spec import FLUX_COMMAND_PLACEHOLDER, SpecError
+
+logger = logging.getLogger(__name__)
+
+
+def flux_run_args(spec) -> list[str]:
+    """argv for `flux run` (same options for `flux submit`): ranks spread evenly over -N nodes.
+
+    -t is given in seconds with an explicit unit because a bare number means minutes to flux.
+    """
+    argv = ["-N", str(spec.nodes), "-n", str(spec.ranks), "-c", str(spec.cores_per_rank)]
+    if spec.gpus_per_rank:
+        argv += ["--gpus-per-task", str(spec.gpus_per_rank)]
+    if spec.exclusive:
+        argv.append("-x")
+    if spec.walltime is not None:
+        argv += ["-t", f"{spec.walltime}s"]
+    return argv
+
+
+def flux_jobspec(spec, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """A Flux jobspec v1 (RFC 25) dict: N nodes, each with RPN slots of C cores (+G GPUs).
+
+    One task per slot; duration 0 means no limit. `command` defaults to FLUX_COMMAND_PLACEHOLDER for
+    the caller to replace; environment and cwd are the submitter's to add.
+    """
+    if command is None:
+        command = [FLUX_COMMAND_PLACEHOLDER]
+    elif isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
+        raise SpecError(f"command={command!r} is not a non-empty list of strings: give e.g. ['mpi_hello']")
+    per_slot: list[dict[str, Any]] = [{"type": "core", "count": spec.cores_per_rank}]
+    if spec.gpus_per_rank:
+        per_slot.append({"type": "gpu", "count": spec.gpus_per_rank})
+    node: dict[str, Any] = {
+        "type": "node",
+        "count": spec.nodes,
+        "with": [{"type": "slot", "count": spec.ranks_per_node, "label": "task", "with": per_slot}],
+    }
+    if spec.exclusive:
+        node["exclusive"] = True
+    return {
+        "version": 1,
+        "resources": [node],
+        "tasks": [{"command": list(command), "slot": "task", "count": {"per_slot": 1}}],
+        "attributes": {"system": {"duration": spec.walltime or 0}},
+    }
