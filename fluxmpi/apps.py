@@ -20,7 +20,9 @@ import tempfile
 import time
 
 from .errors import FluxmpiError
-from .launchers import launch_argv   # "flux" is not composed: the body is that rank (run_flux_rank)
+from .launchers import (
+    launch_argv,  # "flux" is not composed: the body is that rank (run_flux_rank)
+)
 
 logger = logging.getLogger(__name__)
 

@@ -21,18 +21,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .mpi_apps import TASK_ID_RE
 from .spec import MPITaskSpec, SpecError
 
 logger = logging.getLogger(__name__)
-
-_TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
 
 class MPIAppError(SpecError):
     """An @mpi_app call or its command that cannot run; the message names the value and the fix."""
@@ -132,7 +129,7 @@ class MPIApp:
             raise MPIAppError(f"{self.__name__}(spec={spec!r}): give spec=fluxmpi.MPITaskSpec(nodes=..., "
                               f"ranks_per_node=...)")
         task = name or f"{self.__name__}-{next(self._counter)}"
-        if not _TASK_NAME.match(task):
+        if not TASK_ID_RE.fullmatch(task):
             raise MPIAppError(f"task name {task!r}: use letters, digits, '_', '.', '-' (it names files), at most 128")
         dfk = parsl.dfk()
         ex = fluxmpi_executor(dfk, executor or self.executor)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import parsl
+from parsl.executors.high_throughput.errors import ManagerLost
 
 from . import placement, slurm
 from .apps import compile_app, run_mpi_task
@@ -33,7 +33,7 @@ from .launch.gate import check_policy
 from .launch.paths import LaunchPath, get_path
 from .launch.resilience import Resilience
 from .launch.watch import ACTIVE_STATES, BlockWatch
-from .mpi_apps import app_command
+from .mpi_apps import TASK_ID_RE, app_command
 from .mpiapp import MPICommand
 from .rank_wrapper import wrap
 from .rankfault import RankFault, as_faults, task_fault_options
@@ -77,6 +77,7 @@ class TaskOutcome:
     earlier_errors: list[str] = field(default_factory=list)   # why the attempts before the last failed
     skipped: bool = False               # finished in an earlier run of the same workdir (resume)
     command: list[str] | None = None    # the user's program and arguments (None: the bundled app)
+    lost_pool_hosts: list[str] = field(default_factory=list)  # hosts whose worker pool was lost running it
 
 
 @dataclass
@@ -118,16 +119,13 @@ class RunResult:
         return data
 
 
-_TASK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-
 def _task_names(names: list[str] | None, count: int) -> list[str]:
     """The tasks' names: given ones checked (they name files), else t0, t1, ..."""
     if names is None:
         return [f"t{i}" for i in range(count)]
     if len(names) != count:
         raise SpecError(f"{len(names)} names for {count} tasks: give one name per task")
-    bad = [n for n in names if not isinstance(n, str) or not _TASK_NAME.match(n)]
+    bad = [n for n in names if not isinstance(n, str) or not TASK_ID_RE.fullmatch(n)]
     if bad:
         raise SpecError(f"task name(s) {bad}: use letters, digits, '_', '.', '-' (they name files), at most 128")
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -500,25 +498,22 @@ def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site, task_kw: dict | No
     return time.time()
 
 
-# Parsl's ManagerLost: "Task failure due to loss of manager 4e637c77634e on host fxm1"
-_POOL_LOST = re.compile(r"loss of manager (?P<manager>\S+) on host (?P<host>[^\s'\"]+)")
-
-
 def _pool_hosts_lost(outcomes: list[TaskOutcome]) -> list[str]:
     """Hosts whose worker pool the interchange declared lost while running one of the run's tasks."""
-    hosts = []
+    hosts: list[str] = []
     for o in outcomes:
-        for text in [*o.earlier_errors, o.error or ""]:
-            hosts += [m["host"] for m in _POOL_LOST.finditer(text) if m["host"] not in hosts]
+        hosts += [h for h in o.lost_pool_hosts if h not in hosts]
     return hosts
 
 
 class _FailureLog:
     """Every failed attempt's error, per Parsl task id: Parsl's retry handler sees them all (its task record
-    keeps only the last attempt's)."""
+    keeps only the last attempt's). A lost worker pool is kept as data (Parsl's ManagerLost carries the
+    manager's id and host), not read back out of the message."""
 
     def __init__(self):
         self.errors: dict[int, list[str]] = {}
+        self.pool_hosts: dict[int, list[str]] = {}   # task id -> hosts whose worker pool was lost running it
         self._lost_pools: set[str] = set()      # worker pools (manager ids) declared lost, not yet acted on
         self._lock = threading.Lock()
 
@@ -526,17 +521,26 @@ class _FailureLog:
         text = str(error)[:2000]
         with self._lock:
             self.errors.setdefault(task_record["id"], []).append(text)
-            self._lost_pools.update(m["manager"] for m in _POOL_LOST.finditer(text))
+            if isinstance(error, ManagerLost):
+                manager = error.manager_id
+                self._lost_pools.add(manager.decode() if isinstance(manager, bytes) else str(manager))
+                self.pool_hosts.setdefault(task_record["id"], []).append(error.hostname)
         return 1.0   # each failure costs one retry, as without a handler
 
     def take_lost_pools(self) -> set[str]:
         with self._lock:
-            hosts, self._lost_pools = self._lost_pools, set()
-        return hosts
+            managers, self._lost_pools = self._lost_pools, set()
+        return managers
 
     def of(self, app_future: Future | None) -> list[str]:
-        record = getattr(app_future, "task_record", None) or {}
-        return list(self.errors.get(record.get("id"), []))
+        return list(self.errors.get(_task_id(app_future), []))
+
+    def pool_hosts_of(self, app_future: Future | None) -> list[str]:
+        return list(self.pool_hosts.get(_task_id(app_future), []))
+
+
+def _task_id(app_future: Future | None):
+    return (getattr(app_future, "task_record", None) or {}).get("id")
 
 
 def _record(outcome: TaskOutcome, fut: Future, app_future: Future | None = None,
@@ -558,6 +562,7 @@ def _record(outcome: TaskOutcome, fut: Future, app_future: Future | None = None,
     outcome.attempts = int(record.get("fail_count", 0) or 0) + (1 if outcome.ok else 0)
     history = failures.of(app_future) if failures else []
     outcome.earlier_errors = history if outcome.ok else history[:-1]
+    outcome.lost_pool_hosts = failures.pool_hosts_of(app_future) if failures else []
 
 
 def _retire_blocks_of_lost_pools(dfk, failures: _FailureLog) -> list[str]:
