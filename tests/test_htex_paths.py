@@ -105,7 +105,8 @@ def test_bad_input_is_refused_before_any_job_exists(cluster, tmp_path, args, nam
     assert result.exit_code == 2, result.output
     assert named in result.output
     time.sleep(0.2)
-    assert job_ids(cluster) == before, "a Slurm job was submitted for bad input"
+    # Slurm may forget finished jobs meanwhile (MinJobAge): only a new one would mean a submission.
+    assert job_ids(cluster) - before == set(), "a Slurm job was submitted for bad input"
 
 
 # --- the node gate's admission order (no cluster: the gate only sees futures) ---------------------------------

@@ -278,12 +278,15 @@ def test_a_signal_to_the_wrapper_reaches_the_program(sig, program, status, tmp_p
     status = status[kind] if isinstance(status, dict) else status
     # As a launcher starts a rank: with SIGINT's default action. A suite run from a background job would hand it
     # down ignored (a shell cannot trap a signal ignored at its start); a handled signal is default after exec.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The same for the signal under test: a suite started under nohup would hand SIGHUP down ignored.
+    previous = {sig: signal.signal(sig, signal.SIG_DFL)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = subprocess.Popen(wrap(program, "t0", tmp_path), env=clean_env(PMI_RANK="0", PMI_SIZE="1"),
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(sig)

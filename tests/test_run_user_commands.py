@@ -86,8 +86,8 @@ def mpitest(cluster, tmp_path_factory):
     return exe
 
 
-PATHS = ["htex", "htex-mpiexec", "static", pytest.param("flux", marks=pytest.mark.flux),
-         pytest.param("flux-jobs", marks=pytest.mark.flux)]
+# One path of each family here: tests/test_user_workflows.py runs a user's program on all five.
+PATHS = ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux)]
 
 
 @pytest.mark.cluster
