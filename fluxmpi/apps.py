@@ -72,6 +72,17 @@ _OMPI_NOTICED = re.compile(r"process rank (?P<rank>\d+) with PID \d+ on node (?P
 _NODE_FAILURE = re.compile(r"srun: error: Node failure on (?P<node>[^\s:]+)")
 
 
+# What srun prints while it ends a step after a rank failed (--kill-on-bad-exit): the other ranks' "Terminated"
+# and the step's cancellation. It says nothing the failures do not, and would push the program's own last words
+# out of the stderr tail.
+_STEP_TEARDOWN = re.compile(r"^(srun: (Job step aborted|Force Terminated)|srun: error: \S+: tasks? [\d,-]+: Terminated"
+                            r"|slurmstepd\S*: error: \*\*\* STEP .* CANCELLED)")
+
+
+def _without_step_teardown(stderr: str) -> str:
+    return "\n".join(line for line in (stderr or "").splitlines() if not _STEP_TEARDOWN.match(line))
+
+
 def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
     """(rank, node, what) of each failed rank the launcher names in its stderr."""
     found = [("?", m["node"], "node failure") for m in _NODE_FAILURE.finditer(stderr)]
@@ -125,7 +136,7 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
         if _BLOCK_ENDING.search(err):
             _outlive_block(timeout)
         raise MPITaskFailed(task, f"{argv[0]} exited with code {proc.returncode} on {','.join(nodes)}",
-                            launcher_failures(err), _tail(err), argv)
+                            launcher_failures(err), _tail(_without_step_teardown(err)), argv)
     return {"task": task, "worker_host": socket.gethostname(), "nodes": nodes[:task_spec.nodes], "argv": argv,
             "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5), "returncode": 0,
             "stdout": stdout, "stderr": stderr,

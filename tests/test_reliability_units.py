@@ -112,3 +112,15 @@ def test_faults_choose_the_first_that_applies():
                                                       "fail_once_marker": "/m/t3.failed-once"}
     with pytest.raises(SpecError, match="is not a RankFault"):
         as_faults(["t0"])
+
+
+def test_the_stderr_tail_keeps_the_programs_last_words_over_srun_ending_the_step():
+    """With --kill-on-bad-exit srun ends the step at a failed rank and says so for every other rank: those lines
+    must not push the program's own last words out of the failure's stderr tail."""
+    from fluxmpi.apps import _without_step_teardown
+    err = "\n".join(["rank 1 on n4: fails on purpose", "srun: error: n4: task 1: Segmentation fault",
+                     "slurmstepd-n1: error: *** STEP 46.4 ON n1 CANCELLED AT 2026-12-02T05:14:07 ***"]
+                    + [f"srun: error: n{i}: task {i}: Terminated" for i in range(20)]
+                    + ["srun: Force Terminated StepId=46.4", "srun: Job step aborted: Waiting up to 7 seconds"])
+    assert _without_step_teardown(err).splitlines() == ["rank 1 on n4: fails on purpose",
+                                                        "srun: error: n4: task 1: Segmentation fault"]
