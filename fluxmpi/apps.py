@@ -72,15 +72,17 @@ _OMPI_NOTICED = re.compile(r"process rank (?P<rank>\d+) with PID \d+ on node (?P
 _NODE_FAILURE = re.compile(r"srun: error: Node failure on (?P<node>[^\s:]+)")
 
 
-# What srun prints while it ends a step after a rank failed (--kill-on-bad-exit): the other ranks' "Terminated"
-# and the step's cancellation. It says nothing the failures do not, and would push the program's own last words
-# out of the stderr tail.
-_STEP_TEARDOWN = re.compile(r"^(srun: (Job step aborted|Force Terminated)|srun: error: \S+: tasks? [\d,-]+: Terminated"
-                            r"|slurmstepd\S*: error: \*\*\* STEP .* CANCELLED)")
+# Slurm's own lines on a failed step's stderr (srun's per-rank verdicts, the step's cancellation after
+# --kill-on-bad-exit, one "Terminated" per other rank): the failures list already says what they say, and they
+# would push the program's own last words out of the stderr tail.
+_SLURM_LINE = re.compile(r"^(srun|slurmstepd)\S*: ")
 
 
 def _without_step_teardown(stderr: str) -> str:
-    return "\n".join(line for line in (stderr or "").splitlines() if not _STEP_TEARDOWN.match(line))
+    """The program's own stderr lines (Slurm's left out), or all of it when the program wrote none."""
+    lines = (stderr or "").splitlines()
+    own = [line for line in lines if not _SLURM_LINE.match(line)]
+    return "\n".join(own if own else lines)
 
 
 def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
