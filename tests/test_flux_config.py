@@ -427,3 +427,12 @@ def test_compile_app_sources_the_set_up_first(tmp_path):
     from fluxmpi.mpi_apps import MpiCompilerNotFound
     with pytest.raises(MpiCompilerNotFound):
         compile_app(str(tmp_path), init="export PATH=/nonexistent")
+
+
+def test_static_blocks_refuse_an_mpi_app_task_of_another_size_at_submit():
+    """The static executor reads the size of both task bodies' calls: run_mpi_task's and @mpi_app's."""
+    from fluxmpi.launch.executors import _mpi_app_spec
+    spec = MPITaskSpec(2, 2).to_dict()
+    assert _mpi_app_spec((spec, "srun", ["app"], "t0"), {}).nodes == 2
+    assert _mpi_app_spec(({"fn": print, "spec": spec, "task": "h0"},), {}).nodes == 2
+    assert _mpi_app_spec(("not a call",), {}) is None

@@ -133,6 +133,8 @@ class StaticBlocksExecutor(HighThroughputExecutor):
 def _mpi_app_spec(args: tuple, kwargs: dict) -> MPITaskSpec | None:
     """The task spec of a fluxmpi task body's call (run_mpi_task / run_mpi_app), else None."""
     spec = kwargs.get("spec", args[0] if args and isinstance(args[0], dict) else None)
+    if isinstance(spec, dict) and isinstance(spec.get("spec"), dict):   # run_mpi_app's call: the spec inside
+        spec = spec["spec"]
     if isinstance(spec, dict) and "nodes" in spec:
         try:
             return MPITaskSpec.from_dict(spec)
