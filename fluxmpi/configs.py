@@ -80,7 +80,7 @@ def config(path: str, site: Site, **options: Any) -> Config:
     elif path == "flux-jobs":
         from .launch.flux.jobs import flux_jobs_config
         built = flux_jobs_config(site, status_period=res.status_period, link_timeout=res.heartbeat_threshold,
-                                 **common)
+                                 max_block_failures=res.max_block_failures, **common)
     else:
         from .launch.plain import plain_htex_config
         built = plain_htex_config(site, **common)

@@ -96,6 +96,7 @@ class RunResult:
     interrupted: str | None = None      # "SIGINT" / "SIGTERM" if a signal stopped the run
     retries: int = 0
     blocks: dict = field(default_factory=dict)        # Slurm job id -> last state seen (state, reason, nodes)
+    block_walltime: int | None = None                 # seconds each block was asked for
     lost_nodes: dict = field(default_factory=dict)    # node -> Slurm state (reason), for nodes of the run's blocks
     cancelled_jobs: list[str] = field(default_factory=list)   # blocks still active at the end, cancelled
     retired_jobs: list[str] = field(default_factory=list)     # blocks cancelled mid-run: their worker pool was lost
@@ -350,7 +351,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             if tid not in earlier]
     t_start = time.time()
     state = {"t_loaded": None, "t_compiled": None, "interrupted": None, "cancelled": [], "retired": []}
-    writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries, index)
+    writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries, index,
+                            block_walltime=parse_walltime(walltime))
     if not todo:
         if log:
             log("fluxmpi: every task finished in the earlier run; nothing to submit")
@@ -426,8 +428,9 @@ class _RunJsonWriter:
     """Keeps run.json current: after every finished task (complete: false) and once at the end."""
 
     def __init__(self, path: str, site: str, workdir: Path, t_start: float, outcomes: list[TaskOutcome],
-                 retries: int, index: dict[str, int]):
+                 retries: int, index: dict[str, int], block_walltime: int | None = None):
         self.path, self.site, self.workdir, self.t_start = path, site, workdir, t_start
+        self.block_walltime = block_walltime
         self.outcomes, self.retries, self.index = outcomes, retries, index
         self._lock = threading.Lock()
 
@@ -438,6 +441,7 @@ class _RunJsonWriter:
         with self._lock:
             self._dump({"path": self.path, "site": self.site, "workdir": str(self.workdir),
                         "t_start": self.t_start, "complete": complete, "retries": self.retries,
+                        "block_walltime": self.block_walltime,
                         "tasks": [asdict(o) for o in list(self.outcomes)]})
 
     def finish(self, specs: list[MPITaskSpec], watch: BlockWatch | None, state: dict) -> RunResult:
@@ -472,7 +476,7 @@ class _RunJsonWriter:
                            t_first_result=min(returned) if returned else None, t_end=t_end,
                            tasks=list(self.outcomes), placement_ok=report.ok, placement_report=report.render(),
                            interrupted=state["interrupted"], retries=self.retries,
-                           blocks=dict(watch.jobs) if watch else {},
+                           blocks=dict(watch.jobs) if watch else {}, block_walltime=self.block_walltime,
                            lost_nodes=lost,
                            cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])))
         with self._lock:

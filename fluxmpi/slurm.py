@@ -172,6 +172,12 @@ def unusable_nodes(partition: str, env: dict | None = None) -> dict[str, str]:
     return found
 
 
+def partition_nodes(partition: str, env: dict | None = None) -> list[str]:
+    """Every node of `partition`, whatever its state."""
+    proc = run_slurm(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"], env=env)
+    return sorted({line.strip() for line in proc.stdout.splitlines() if line.strip()})
+
+
 def any_unresponsive(hostlist: str, env: dict | None = None) -> bool:
     """Whether Slurm marks any node of `hostlist` not responding (its state ends in `*`)."""
     if not hostlist or hostlist in ("(null)", "n/a"):

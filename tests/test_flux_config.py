@@ -240,6 +240,15 @@ def test_broker_launch_command_one_broker_per_node_then_parsls_fields():
         broker_launch_cmd(INSTALL, 3, 2, "10.0.0.1 {port}")
 
 
+def test_broker_launch_command_publishes_the_instance_before_parsls_manager():
+    cmd = broker_launch_cmd(INSTALL, 3, 2, "10.77.9.1", publish_to="/runs/a/flux/instance.json")
+    filled = cmd.format(flux="/f/flux", python="/py", manager="/m.py", protocol="tcp", port=5555)
+    assert filled.endswith(" /f/flux start /py -m fluxmpi.launch.flux.block /runs/a/flux/instance.json /f/flux "
+                           "--then /py /m.py tcp 10.77.9.1 5555")
+    with pytest.raises(FluxSetupError, match=r"'/runs/my run/i.json' must not hold spaces"):
+        broker_launch_cmd(INSTALL, 3, 2, "10.77.9.1", publish_to="/runs/my run/i.json")
+
+
 def test_client_env_needs_an_executable_ssh(tmp_path):
     wrapper = tmp_path / "ssh-wrapper"
     wrapper.write_text("#!/bin/sh\nexec ssh \"$@\"\n")

@@ -23,6 +23,7 @@ from fluxmpi.launch.flux.install import FluxInstall, FluxSetupError
 from fluxmpi.launch.flux.jobs import (
     FluxJobsBlockError,
     FluxJobsExecutor,
+    _Block,
     flux_jobs_config,
 )
 from fluxmpi.launch.flux.jobspec import (
@@ -259,7 +260,7 @@ def test_a_flux_ssh_that_is_a_command_line_is_refused(tmp_path):
 
 def test_the_path_is_registered():
     lp = get_path("flux-jobs")
-    assert lp.launcher == LAUNCHER and lp.replaces_blocks is False
+    assert lp.launcher == LAUNCHER and lp.replaces_blocks is True     # a block that ends is replaced
     assert lp.resources(SPEC, SITE) == resource_spec(SPEC)
 
 
@@ -299,6 +300,30 @@ def test_refused_calls_fail_their_future_and_fail_all_leaves_finished_tasks_alon
     assert isinstance(refused.exception(), FluxJobsError)            # a finished task keeps its own outcome
     with pytest.raises(FluxJobsBlockError, match="block gone"):
         ex.submit(run_mpi_task, {}, *args, **kw)
+
+
+def test_a_task_longer_than_any_block_is_refused_at_submit_and_shorter_ones_wait(tmp_path):
+    ex = FluxJobsExecutor(None, working_dir=str(tmp_path), nodes_per_block=2, cores_per_node=2, walltime=40)
+    assert ex.usable_walltime == 30            # the instance shuts down 10 s before the block's walltime
+    args, kw = _call(timeout=60.0)
+    refused = ex.submit(run_mpi_task, {}, *args, **kw).exception(timeout=1)
+    assert isinstance(refused, FluxJobsError), refused
+    assert "task t7 has a time limit of 60s but a block's Flux instance runs jobs for at most 30s" in str(refused)
+    assert "at least 72s" in str(refused)      # the walltime that would hold it
+    args, kw = _call(timeout=28.0)             # 28 s + 2 s to start: exactly what a fresh block holds
+    assert not ex.submit(run_mpi_task, {}, *args, **kw).done()
+
+
+def test_a_block_takes_a_task_only_while_its_time_limit_fits_the_time_left(tmp_path):
+    args, kw = _call(timeout=10.0)
+    req = mpi_request(run_mpi_task, None, args, kw, tmp_path)
+    untimed = mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=2, ranks_per_node=2), timeout=None),
+                          tmp_path)
+    block = _Block("0", nodes=2, ends=time.time() + 30)
+    assert block.fits_time(req) and block.fits_time(untimed)
+    block.ends = time.time() + 11.0           # 10 s and the 2 s it may take to start do not fit in 11 s
+    assert not block.fits_time(req) and block.fits_time(untimed)
+    assert _Block("1", nodes=2).fits_time(req)     # an instance that did not say when it ends: no limit known
 
 
 # --- on the local cluster ---------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ Checked (docs/reliability.md, "What each fault did"):
 - in one run, on the three non-first nodes: one dies and one's link stays down longer than the link timeout (their
   jobs fail with "node failure on HOST", Parsl reruns them in the same instance, the run completes and reports both
   nodes lost), while the third's link is down for less (ridden out);
-- the block's first node dies: the connection ends, every task still out fails within a bound naming the node,
-  finished tasks are kept and `resume` runs the rest;
-- the block's walltime ends: the tasks not finished fail within a bound, saying so;
+- the block's first node dies: the connection ends, the tasks it held fail once naming the node, and the run goes
+  on in a new block of the nodes left, where they rerun;
+- the block's walltime ends early (its end time moved): a new block takes the tasks left, the ones cut short rerun;
+- a campaign longer than a block, with walltimes declared: each task starts only where its walltime fits, in
+  successive blocks, none cut short; one longer than any block is refused at submit;
 - Ctrl-C to `fluxmpi run --path flux-jobs`: the block is cancelled, run.json kept.
 """
 
@@ -29,6 +31,7 @@ from test_reliability_faults import SLURMD_TIMEOUT  # noqa: F401 - the same shor
 
 from fluxmpi.launch.resilience import Resilience
 from fluxmpi.runner import run_tasks
+from fluxmpi.spec import MPITaskSpec
 
 pytestmark = flux_faults.pytestmark
 
@@ -79,9 +82,8 @@ def test_flux_jobs_lost_nodes_rerun_their_tasks_in_the_same_instance_and_a_short
     assert result.placement_ok, result.placement_report
 
 
-def test_flux_jobs_first_node_death_fails_the_rest_within_a_bound_and_resume_runs_them(cluster, site, healthy,
-                                                                                       tmp_path):
-    # 8 one-node tasks on 4 nodes: two waves; the first node dies during the second.
+def test_flux_jobs_first_node_death_goes_on_in_a_new_block_without_that_node(cluster, site, healthy, tmp_path):
+    # 8 one-node tasks on 4 nodes: two waves; the first node (the instance's leader) dies during the second.
     box = in_background(flux_faults.kill_busy(cluster, tmp_path, first=True, after=1.0, once_finished=8))
     specs = [ONE_NODE] * 8
     result = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=3.0, nodes_per_block=4,
@@ -90,57 +92,66 @@ def test_flux_jobs_first_node_death_fails_the_rest_within_a_bound_and_resume_run
     gc.collect()     # flux-python objects of the dead connection: collected now, not inside a later import
     box["thread"].join(5)
     assert "error" not in box, box
-    # Give the node back now, as an admin would: marked DOWN (Slurm then stops waiting for the cancelled block's
-    # end there) and powered on; ReturnToService=2 returns it once its slurmd registers, while resume runs.
-    cluster.run(["scontrol", "update", f"NodeName={box['node']}", "State=DOWN", "Reason=killed by the test"])
-    reviving = in_background(lambda _: faults.revive_node(cluster, box["node"]))
-    assert box["node"] == box["nodes"][0]
+    dead = box["node"]
+    assert dead == box["nodes"][0]
     report(box, result)
-    print(f"first node {box['node']} killed; run returned {t_return - box['t']:.1f}s later; errors: "
-          f"{sorted({t.error for t in result.tasks if not t.ok})}; lost {result.lost_nodes}")
-    assert t_return - box["t"] < 60, f"the run went on {t_return - box['t']:.0f}s after the instance died"
-    unfinished = [t for t in result.tasks if not t.ok]
-    assert unfinished, "no task was left when the first node died"
-    assert len(unfinished) < len(specs), "no task finished before the first node died: the fault came too early"
-    for t in unfinished:
-        assert "Flux instance stopped answering" in t.error and box["node"] in t.error, t.error
-    assert box["node"] in result.lost_nodes, result.lost_nodes
-    assert all(t.result for t in result.tasks if t.ok)          # what finished is kept
-    # Resume on the 3 nodes left (the dead one comes back meanwhile): it runs exactly the unfinished tasks.
-    again = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=0.5, nodes_per_block=3,
-                      resilience=FAST, run_timeout=240, resume=True)
-    reviving["thread"].join(120)
-    assert "error" not in reviving, reviving
-    assert [t.error for t in again.tasks] == [None] * 8
-    assert sorted(t.task for t in again.tasks if not t.skipped) == sorted(t.task for t in unfinished)
+    print(f"first node {dead} killed; run returned {t_return - box['t']:.1f}s later; blocks {result.blocks}; "
+          f"lost {result.lost_nodes}")
+    assert [t.error for t in result.tasks] == [None] * 8, [t.error for t in result.tasks]
+    retried = [t for t in result.tasks if t.attempts > 1]
+    assert retried, "no task was running when the first node died: the fault came too late"
+    for t in retried:       # failed once naming the dead leader, then ran in the new block, elsewhere
+        assert "Flux instance stopped answering" in t.earlier_errors[0] and dead in t.earlier_errors[0], t
+        assert hosts_of(tmp_path, t.task) and dead not in hosts_of(tmp_path, t.task)
+    assert len(result.blocks) == 2, result.blocks       # the replacement was shaped to the 3 nodes left
+    assert dead in result.lost_nodes, result.lost_nodes
+    assert all(t.result for t in result.tasks)
+    assert t_return - box["t"] < 120, f"the run took {t_return - box['t']:.0f}s after the leader died"
 
 
-def test_flux_jobs_walltime_end_fails_the_rest_within_a_bound(cluster, site, healthy, tmp_path):
+def test_flux_jobs_walltime_end_gets_a_new_block_and_the_run_finishes(cluster, site, healthy, tmp_path):
     def end(box):
         faults.wait_busy_node(cluster, str(tmp_path / "records"), 180)
         box["job"], _ = faults.wait_running_job(cluster, str(tmp_path), 30)
         box["t"] = time.monotonic()
         faults.end_walltime(cluster, box["job"])
     box = in_background(end)
+    # No task declares a walltime, so nothing holds them back: those running when the block ends are cut short.
     result = run_tasks(PATH, site, [ONE_NODE] * 8, app="mpi4py", workdir=tmp_path, sleep=10.0, nodes_per_block=2,
-                       resilience=FAST, run_timeout=240)
-    t_return = time.monotonic()
+                       retries=1, resilience=FAST, run_timeout=300)
     gc.collect()
     box["thread"].join(5)
     assert "error" not in box and "t" in box, box
-    unfinished = [t for t in result.tasks if not t.ok]
-    print(f"\nwalltime of job {box['job']} ended; run returned {t_return - box['t']:.1f}s later; "
-          f"{len(unfinished)} unfinished: {sorted({t.error.splitlines()[0] for t in unfinished})}; {result.blocks}")
-    # slurmctld checks time limits about every 30 s (20-25 s here), before the 4th wave of tasks ends (40 s); then
-    # every task still out fails.
-    assert t_return - box["t"] < 75, "the run went on waiting for a block that had ended"
-    assert unfinished, "every task finished before the walltime ended: the fault came too late"
-    # Running: killed as the block ended ("[its block ended: ...]"); queued: failed when Parsl's block poll saw the
-    # block end ("the Flux instance's block ended (...)") or when the run's own watch did ("every block of the run
-    # has ended (...)"), whichever came first.
-    for t in unfinished:
-        assert "ended" in t.error and "TimeLimit" in t.error, t.error
-    assert all(t.result for t in result.tasks if t.ok)     # those that finished are kept
+    print(f"\nwalltime of job {box['job']} ended; blocks {result.blocks}; "
+          f"retried: {[(t.task, t.earlier_errors) for t in result.tasks if t.attempts > 1]}")
+    assert [t.error for t in result.tasks] == [None] * 8, [t.error for t in result.tasks]
+    assert len(result.blocks) >= 2, result.blocks
+    assert any(b["state"] == "TIMEOUT" for b in result.blocks.values()), result.blocks
+    for t in result.tasks:
+        if t.attempts > 1:      # cut short by the block's end, then rerun in the next block
+            assert "stopped answering" in t.earlier_errors[0] or "ended" in t.earlier_errors[0], t.earlier_errors
+
+
+def test_flux_jobs_campaign_longer_than_a_block_runs_in_successive_blocks_by_each_tasks_walltime(
+        cluster, site, healthy, tmp_path):
+    """12 tasks of 3 nodes (one at a time), each declaring 9 s, on blocks whose instance runs 30 s: a block holds
+    about a third of them. Each starts only while its 9 s fit the block's time left; the rest go to the next
+    block. A 25 s task fits only a fresh block; a 60 s task fits none and is refused at submit."""
+    short = MPITaskSpec(nodes=3, ranks_per_node=1, walltime=9)
+    specs = [short] * 12 + [MPITaskSpec(nodes=3, ranks_per_node=1, walltime=25),
+                            MPITaskSpec(nodes=3, ranks_per_node=1, walltime=60)]
+    result = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=5.0, nodes_per_block=3,
+                       walltime=40, resilience=FAST, run_timeout=420)
+    gc.collect()
+    errors = [t.error for t in result.tasks]
+    print(f"\nblocks: {result.blocks}\nerrors: {errors}")
+    assert errors[:13] == [None] * 13, errors
+    assert "has a time limit of 60s but a block's Flux instance runs jobs for at most 30s" in errors[13], errors[13]
+    assert len(result.blocks) >= 3, result.blocks
+    # Nothing ran twice, nothing was cut short: every task ran once, in a block that still had its time.
+    assert all(t.attempts == 1 for t in result.tasks[:13]), [(t.task, t.earlier_errors) for t in result.tasks]
+    assert all(b["state"] != "TIMEOUT" for b in result.blocks.values()), result.blocks
+    assert result.placement_ok, result.placement_report
 
 
 def test_ctrl_c_on_the_flux_jobs_path_cancels_its_block_and_keeps_run_json(cluster, tmp_path):

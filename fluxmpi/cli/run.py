@@ -23,7 +23,7 @@ from ..mpiapp import MPICommand
 from ..rankfault import RankFault
 from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
-from ..spec import MPITaskSpec, SpecError, parse_walltime
+from ..spec import MPITaskSpec, SpecError, format_clock, parse_walltime
 from .common import fail, given_options
 
 logger = logging.getLogger(__name__)
@@ -229,6 +229,10 @@ def _report_failures(result: RunResult | None) -> None:
         click.echo(f"fluxmpi: skipped {len(result.skipped)} task(s) that finished in the earlier run", err=True)
     for node, state in result.lost_nodes.items():
         click.echo(f"fluxmpi: node {node} was lost during the run: {state}", err=True)
+    if len(result.blocks) > 1:
+        walltime = f" of {format_clock(result.block_walltime)} walltime" if result.block_walltime else ""
+        states = ", ".join(f"job {j} {b.get('state', '?')}" for j, b in result.blocks.items())
+        click.echo(f"fluxmpi: the run used {len(result.blocks)} blocks{walltime}: {states}", err=True)
     for job in result.retired_jobs:
         click.echo(f"fluxmpi: cancelled block job {job} (its worker pool stopped answering) so a new one could "
                    f"take its tasks", err=True)

@@ -152,7 +152,7 @@ def _plan_flux_jobs(site, specs, nodes_per_block):
     from .flux.install import check_flux
 
     check_flux()
-    # One block; no gate: Flux queues the jobs and places them (exclusive is a jobspec key here, no core split).
+    # One block at a time (replaced when it ends); no gate: Flux queues the jobs and places them (exclusive is a jobspec key here, no core split).
     return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
 
 
@@ -161,7 +161,8 @@ def _flux_jobs_config(site: Site, plan: Plan) -> Config:
     return flux_jobs_config(site, nodes_per_block=plan.nodes_per_block, walltime=plan.walltime,
                             worker_init=plan.worker_init, run_dir=plan.run_dir,
                             status_period=plan.resilience.status_period,
-                            link_timeout=plan.resilience.heartbeat_threshold)
+                            link_timeout=plan.resilience.heartbeat_threshold,
+                            max_block_failures=plan.resilience.max_block_failures)
 
 
 def _flux_jobs_resources(spec: MPITaskSpec) -> dict:
@@ -185,7 +186,7 @@ PATHS: dict[str, LaunchPath] = {
                        site_resource_spec=_flux_resources, task_kwargs=_flux_task_kwargs, replaces_blocks=False),
     "flux-jobs": LaunchPath("flux-jobs", "Flux instance per block; fluxmpi submits each task as a Flux job running the "
                             "MPI app itself (no Python per rank)", "flux-jobs", _flux_jobs_config, _plan_flux_jobs,
-                            _flux_jobs_resources, "flux_jobs", replaces_blocks=False),
+                            _flux_jobs_resources, "flux_jobs"),
 }
 
 

@@ -64,34 +64,61 @@ def write_info(path: str, info: dict) -> None:
     os.replace(tmp, path)   # the login side never reads half a file
 
 
+def publish(info_file: str, flux: str, local: str, ends: float | None = None) -> None:
+    """Write how to reach this instance from outside (and the block's environment) to `info_file`; `ends`: the
+    wall-clock time the instance shuts down, which the login side holds each task's time limit against."""
+    write_info(info_file, {"uri": remote_uri(flux, local), "local_uri": local, "host": socket.gethostname(),
+                           "python": sys.executable, "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                           "time": time.time(), "ends": ends, "env": job_environment(dict(os.environ))})
+
+
+def publish_then(info_file: str, flux: str, argv: list[str]) -> int:
+    """The flux path's initial program: publish the instance (so fluxmpi can drain a lost node in it), then
+    become `argv` (Parsl's instance manager), which owns the instance from then on."""
+    local = os.environ.get("FLUX_URI")
+    if local:
+        try:
+            publish(info_file, flux, local)
+        except Exception as err:  # noqa: BLE001 - the manager must start anyway; fluxmpi then cannot drain
+            print(f"fluxmpi flux block: could not publish the instance: {err}", file=sys.stderr, flush=True)
+    os.execvp(argv[0], argv)
+    return 127   # not reached
+
+
 def main(info_file: str, flux: str, walltime: str) -> int:
     stop = {"why": None}
 
     def on_signal(signum, _frame) -> None:
         stop["why"] = signal.Signals(signum).name
+        _unpublish(info_file)      # at once: the login side reads a missing file as "this block is ending"
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     local = os.environ.get("FLUX_URI")
     if not local:
         print("fluxmpi flux block: FLUX_URI is unset: run me as the initial program of `flux start`", file=sys.stderr)
         return 2
-    deadline = time.monotonic() + max(1, int(walltime) - WALLTIME_MARGIN)
-    write_info(info_file, {"uri": remote_uri(flux, local), "local_uri": local, "host": socket.gethostname(),
-                           "python": sys.executable, "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                           "time": time.time(), "env": job_environment(dict(os.environ))})
+    lifetime = max(1, int(walltime) - WALLTIME_MARGIN)
+    deadline = time.monotonic() + lifetime
+    publish(info_file, flux, local, ends=time.time() + lifetime)
     print(f"fluxmpi flux block: instance published in {info_file}", flush=True)
     while stop["why"] is None and time.monotonic() < deadline:
         time.sleep(1.0)
     why = stop["why"] or "walltime nearly over"
+    _unpublish(info_file)
     print(f"fluxmpi flux block: shutting the instance down ({why})", flush=True)
-    try:
-        os.unlink(info_file)    # its URI is about to stop working
-    except OSError:
-        pass
     return 0
 
 
+def _unpublish(info_file: str) -> None:
+    try:
+        os.unlink(info_file)    # the instance's URI is about to stop working
+    except OSError:
+        pass
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 4 and sys.argv[3] == "--then":
+        sys.exit(publish_then(sys.argv[1], sys.argv[2], sys.argv[4:]))
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m fluxmpi.launch.flux.block INFO_FILE FLUX WALLTIME_SECONDS")
+        sys.exit("usage: python -m fluxmpi.launch.flux.block INFO_FILE FLUX (WALLTIME_SECONDS | --then CMD ...)")
     sys.exit(main(*sys.argv[1:]))

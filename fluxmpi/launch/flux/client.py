@@ -38,8 +38,12 @@ def expand_nodelist(nodelist) -> list[str]:
 
 
 class InstanceClient:
-    def __init__(self, uri: str):
+    """on_lost(why): called once, from the client thread, when the connection ends other than by close(), before
+    the open jobs get their ends."""
+
+    def __init__(self, uri: str, on_lost: Callable[[str], None] | None = None):
         self.uri = uri
+        self._on_lost = on_lost
         self._queue: collections.deque = collections.deque()
         self._rfd, self._wfd = os.pipe()
         self._ready = threading.Event()
@@ -48,6 +52,7 @@ class InstanceClient:
         self._error: BaseException | None = None
         self.lost: str | None = None     # why the connection ended, if not by close(); set before the jobs' ends
         self._open: dict[int, tuple[JobEnd, Callable[[JobEnd], None]]] = {}   # key: id(end)
+        self._hold_checks: dict[int, Callable[[], str | None]] = {}          # key: id(end)
         self._jobs: dict[int, JobEnd] = {}      # job id -> its JobEnd, until it has finished
         self._early: collections.OrderedDict[int, list] = collections.OrderedDict()   # events before the id
         self._thread = threading.Thread(target=self._run, name="fluxmpi-flux-jobs-client", daemon=True)
@@ -62,12 +67,15 @@ class InstanceClient:
             raise FluxConnectError(f"cannot connect to the Flux instance at {self.uri}: {self._error}")
         return self
 
-    def submit(self, jobspec: dict, on_end: Callable[[JobEnd], None]) -> None:
-        """Submit `jobspec`; `on_end(JobEnd)` is called once, from the client thread, when the job is over."""
+    def submit(self, jobspec: dict, on_end: Callable[[JobEnd], None],
+               hold_back: Callable[[], str | None] | None = None) -> None:
+        """Submit `jobspec`; `on_end(JobEnd)` is called once, from the client thread, when the job is over.
+        hold_back(): asked when Flux gives the job its nodes, just before it starts; a reason it returns cancels
+        the job instead (JobEnd.held_back says why), e.g. the time its block has left is now too short."""
         with self._lock:     # either queued before the thread's last look at the queue, or refused here
             closed = self._stopping or not self._thread.is_alive()
             if not closed:
-                self._queue.append((json.dumps(jobspec), on_end))
+                self._queue.append((json.dumps(jobspec), on_end, hold_back))
         if closed:
             on_end(JobEnd(error=f"the connection to {self.uri} is closed"))
             return
@@ -107,9 +115,13 @@ class InstanceClient:
         with self._lock:
             if not self._stopping:
                 self.lost = why
+            lost = not self._stopping
             self._stopping = True
             queued, self._queue = list(self._queue), collections.deque()
-        for end, on_end in list(self._open.values()) + [(JobEnd(), cb) for _, cb in queued]:
+        if lost and self._on_lost is not None:
+            # First: the caller must stop sending here before the jobs' ends (and any retries they cause) arrive.
+            self._on_lost(why)
+        for end, on_end in list(self._open.values()) + [(JobEnd(), cb) for _, cb, _ in queued]:
             end.error = end.error or f"{why} before the job ended ({self.uri})"
             on_end(end)
         self._open.clear()
@@ -125,9 +137,11 @@ class InstanceClient:
             with self._lock:
                 if not self._queue:
                     break
-                spec_json, on_end = self._queue.popleft()
+                spec_json, on_end, hold_back = self._queue.popleft()
             end = JobEnd()
             self._open[id(end)] = (end, on_end)
+            if hold_back is not None:
+                self._hold_checks[id(end)] = hold_back
             try:
                 flux.job.submit_async(self._h, spec_json).then(self._submitted, end)
             except Exception as err:  # noqa: BLE001
@@ -163,11 +177,18 @@ class InstanceClient:
 
     def _apply(self, jobid: int, end: JobEnd, event) -> None:
         end.times[event.name] = event.timestamp
-        if event.name == "alloc" and event.R:
-            try:
-                end.nodes = expand_nodelist(event.R["execution"]["nodelist"])
-            except (KeyError, TypeError):
-                pass            # the nodes are a nicety; the job's end is what matters
+        if event.name == "alloc":
+            if event.R:
+                try:
+                    end.nodes = expand_nodelist(event.R["execution"]["nodelist"])
+                except (KeyError, TypeError):
+                    pass            # the nodes are a nicety; the job's end is what matters
+            check = self._hold_checks.pop(id(end), None)
+            note = check() if check is not None else None
+            if note:
+                import flux.job
+                end.held_back = note
+                flux.job.cancel_async(self._h, jobid, note)
         elif event.name == "exception" and int(event.context.get("severity", 0)) == 0 and end.exception is None:
             end.exception = (str(event.context.get("type")), str(event.context.get("note", "")))
         elif event.name == "finish":
@@ -180,6 +201,7 @@ class InstanceClient:
             self._finish(end, None)
 
     def _finish(self, end: JobEnd, error: str | None) -> None:
+        self._hold_checks.pop(id(end), None)
         entry = self._open.pop(id(end), None)
         if entry is None:
             return

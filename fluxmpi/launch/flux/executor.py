@@ -33,10 +33,14 @@ When a node of the block dies or its link stays down (docs/reliability.md has th
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import re
 import socket
+import subprocess
+import threading
+from concurrent.futures import Future
 from typing import Iterable
 
 from parsl.config import Config
@@ -64,6 +68,7 @@ SURVIVE_NODE_LOSS = "--no-kill"
 _INSTANCE_GONE = ("reactor start failed", "Executor is broken, new futures cannot be scheduled",
                   "the Flux instance stopped answering")
 # The fatal exception Flux's job-exec raises on jobs with ranks on a broker that was lost (flux-core 0.88).
+DRAIN_TIMEOUT = 30.0   # seconds for `flux resource drain` over ssh
 _NODE_FAILURE = re.compile(r"node failure on (?P<host>[^\s()'\"]+) \((?:shell )?rank (?P<rank>\d+)\)")
 
 
@@ -117,19 +122,28 @@ def callback_address(site: Site, hostname: str | None = None) -> str:
 
 
 def broker_launch_cmd(install: FluxInstall, nodes: int, cores_per_node: int, address: str,
-                      broker_pmi: str = BROKER_PMI, link_timeout: int | None = None) -> str:
+                      broker_pmi: str = BROKER_PMI, link_timeout: int | None = None,
+                      publish_to: str | None = None) -> str:
     """FluxExecutor's launch_cmd: one broker per node of the block, the instance manager as its program.
 
     Parsl fills {flux} {python} {manager} {protocol} {port} (str.format); the address is fixed here.
     --cpus-per-task gives each broker's step the whole node, so a site that confines steps to their CPUs
     (task/affinity, task/cgroup) does not leave Flux one core per node. --no-kill keeps the other brokers
     running when one node fails. link_timeout: seconds a broker's peer may leave data unacknowledged before
-    it is dropped (tbon.tcp_user_timeout; None: Flux's default, 20 s in flux-core 0.88).
+    it is dropped (tbon.tcp_user_timeout; None: Flux's default, 20 s in flux-core 0.88). publish_to: a file the
+    instance's remote URI is written to before the manager starts (fluxmpi.launch.flux.block), so this process
+    can drain a lost node in the instance (FluxMPIExecutor).
     """
     if not address or any(c in address for c in "{} \t\n'\""):
         raise FluxSetupError(f"callback address {address!r} is not a host name or IP address")
     brokers = broker_step("{flux}", nodes, cores_per_node, broker_pmi, link_timeout)
-    return " ".join(brokers) + " {python} {manager} {protocol} " + address + " {port}"
+    manager = "{python} {manager} {protocol} " + address + " {port}"
+    if publish_to is None:
+        return " ".join(brokers) + " " + manager
+    if any(c in publish_to for c in "{} \t\n'\"\\$`"):
+        raise FluxSetupError(f"the run directory {publish_to!r} must not hold spaces, quotes, braces or $: "
+                             f"it becomes part of the block's shell command; choose another run_dir")
+    return " ".join(brokers) + f" {{python}} -m fluxmpi.launch.flux.block {publish_to} {{flux}} --then " + manager
 
 
 def broker_step(flux: str, nodes: int, cores_per_node: int, broker_pmi: str = BROKER_PMI,
@@ -168,6 +182,18 @@ def flux_lost_nodes(errors: Iterable[str]) -> dict[str, str]:
     return lost
 
 
+def drain_in_instance(flux: str, uri: str, hosts: Iterable[str], reason: str, timeout: float = DRAIN_TIMEOUT) -> str:
+    """Drain `hosts` in the Flux instance at `uri` (`flux resource drain`), so the scheduler places nothing more
+    there; returns "" or what went wrong (the caller logs it and goes on: the drain is a safeguard)."""
+    hostlist = ",".join(sorted(hosts))
+    try:
+        proc = subprocess.run([flux, "resource", "drain", hostlist, reason], env={**os.environ, "FLUX_URI": uri},
+                              capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"`flux resource drain {hostlist}` did not finish: {err}"
+    return "" if proc.returncode == 0 else f"`flux resource drain {hostlist}` failed: {proc.stderr.strip()}"
+
+
 def flux_client_env(site: Site, install: FluxInstall) -> dict[str, str]:
     """What flux's ssh connector in this process needs to reach the instance on the block's first node."""
     env = {"FLUX_SSH_RCMD": install.flux}
@@ -186,23 +212,49 @@ def task_init(site: Site, worker_init: str = "") -> str:
     return "\n".join(line for line in (site.worker_init, worker_init) if line.strip())
 
 
+class _RelayFuture(Future):
+    """The future Parsl gets for a FluxExecutor task: it ends when the inner one does, after fluxmpi has acted on a
+    lost node (see FluxMPIExecutor); cancelling it cancels the Flux job."""
+
+    def __init__(self, inner: Future):
+        super().__init__()
+        self._inner = inner
+
+    def cancel(self) -> bool:
+        return self._inner.cancel() and Future.cancel(self)
+
+
 class FluxMPIExecutor(FluxExecutor):
     """Parsl's FluxExecutor, saying how fluxmpi's task bodies run on it: once per rank (launcher "flux"), with
     the resources a spec becomes here and the set-up lines each rank sources (FluxExecutor tasks skip the
     block's worker_init). A task larger than the block is refused at submit (Flux would keep it pending until
-    the block ends)."""
+    the block ends).
+
+    A task that fails with "node failure on HOST" (Flux lost that node's broker) does not fail towards Parsl
+    until HOST is drained in the instance: Flux marks a lost broker offline a moment later, and Parsl's retry,
+    submitted from inside the failure, was seen placed on the dead node again within that moment. The block's
+    initial program publishes the instance's URI in `instance_file` for this (broker_launch_cmd)."""
 
     fluxmpi_launcher = "flux"
 
-    def __init__(self, *, nodes_per_block: int, cores_per_node: int, task_init: str = "", **kwargs):
+    def __init__(self, *, nodes_per_block: int, cores_per_node: int, task_init: str = "",
+                 instance_file: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.nodes_per_block, self.cores_per_node, self.fluxmpi_task_init = nodes_per_block, cores_per_node, task_init
+        self.instance_file = instance_file
+        self.drained: set[str] = set()           # hosts drained in the instance after Flux lost them
+        self._drain_lock = threading.Lock()
 
     def fluxmpi_resources(self, spec: MPITaskSpec) -> dict[str, int]:
         return flux_resource_spec(spec, self.cores_per_node)
 
     def start(self) -> None:
         log_into(self.run_dir)
+        if self.instance_file:
+            try:
+                os.unlink(self.instance_file)    # an earlier run's in this run_dir (resume): stale
+            except FileNotFoundError:
+                pass
         super().start()
 
     def submit(self, func, resource_specification, *args, **kwargs):
@@ -210,7 +262,48 @@ class FluxMPIExecutor(FluxExecutor):
         if nodes > self.nodes_per_block:
             raise SpecError(f"a task asks for {nodes} nodes but the Flux instance of {self.label} has "
                             f"{self.nodes_per_block}: it could never run; ask for at most {self.nodes_per_block}")
-        return super().submit(func, resource_specification, *args, **kwargs)
+        inner = super().submit(func, resource_specification, *args, **kwargs)
+        outer = _RelayFuture(inner)
+        inner.add_done_callback(lambda f: self._relay(f, outer))
+        return outer
+
+    def _relay(self, inner: Future, outer: Future) -> None:
+        if inner.cancelled():
+            Future.cancel(outer)
+            return
+        err = inner.exception()
+        if err is None:
+            outer.set_result(inner.result())
+            return
+        lost = set(flux_lost_nodes([str(err)])) - self.drained
+        if not lost or not self.instance_file:
+            outer.set_exception(err)
+            return
+        # Off Flux's callback thread: the drain is an ssh round trip.
+        threading.Thread(target=self._drain_then_fail, args=(lost, err, outer), daemon=True,
+                         name=f"{self.label}-drain").start()
+
+    def _drain_then_fail(self, hosts: set[str], err: BaseException, outer: Future) -> None:
+        with self._drain_lock:
+            hosts -= self.drained
+            if hosts:
+                problem = self._drain(hosts)
+                if problem:
+                    logger.warning("%s: Flux lost %s; %s (a retry may land there once more)", self.label,
+                                   ", ".join(sorted(hosts)), problem)
+                else:
+                    logger.warning("%s: Flux lost %s; drained it in the instance, later tasks avoid it",
+                                   self.label, ", ".join(sorted(hosts)))
+                self.drained |= hosts
+        outer.set_exception(err)
+
+    def _drain(self, hosts: set[str]) -> str:
+        try:
+            with open(self.instance_file) as f:
+                uri = json.load(f)["uri"]
+        except (OSError, ValueError, KeyError) as e:
+            return f"the instance's URI is unknown ({self.instance_file}: {e})"
+        return drain_in_instance(self.flux_path, uri, hosts, "fluxmpi: Flux lost its broker (node failure)")
 
 
 def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,
@@ -231,17 +324,20 @@ def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int
     shape = BlockShape.build(site, nodes_per_block, 1, walltime)
     client_env = flux_client_env(site, install)
     res = resilience or Resilience()
+    working_dir = os.path.join(os.path.abspath(run_dir), label)
+    instance_file = os.path.join(working_dir, "instance.json")
     launch_cmd = broker_launch_cmd(install, shape.nodes_per_block, site.cores_per_node, callback_address(site),
-                                   broker_pmi, link_timeout=res.heartbeat_threshold)
+                                   broker_pmi, link_timeout=res.heartbeat_threshold, publish_to=instance_file)
     if apply_env:
         os.environ.update(client_env)
     executor = FluxMPIExecutor(
         nodes_per_block=shape.nodes_per_block,
         cores_per_node=site.cores_per_node,
         task_init=task_init(site, worker_init),
+        instance_file=instance_file,
         label=label,
         provider=slurm_provider(site, shape, worker_init, sbatch_options=(SURVIVE_NODE_LOSS,)),
-        working_dir=os.path.join(os.path.abspath(run_dir), label),
+        working_dir=working_dir,
         flux_path=install.flux,
         launch_cmd=launch_cmd,
     )

@@ -3,18 +3,28 @@
 Parsl's FluxExecutor runs each rank as a Python program that imports Parsl (~1.3 s of CPU per rank here) before
 the app starts. This executor keeps Python out of the ranks:
 
-- its one block (SlurmProvider) runs one Flux broker per node, with fluxmpi.launch.flux.block as the instance's
-  initial program, which publishes the instance's ssh:// URI, its Python and the block's environment in
-  <working_dir>/block-<id>/instance.json and then waits until the block is cancelled or its walltime is up;
+- its block (SlurmProvider) runs one Flux broker per node, with fluxmpi.launch.flux.block as the instance's
+  initial program, which publishes the instance's ssh:// URI, its Python, the block's environment and when the
+  instance shuts down in <working_dir>/block-<id>/instance.json, then waits until the block is cancelled or
+  its walltime is nearly up;
 - this process connects to that URI with flux-python (fluxmpi.launch.flux.client) and submits each call of
   fluxmpi.apps.run_mpi_task as a jobspec whose command is the task's app_argv, shaped by the task spec
   (fluxmpi.launch.flux.jobspec); Flux places the ranks and gives them PMI; output goes to per-task files;
 - any other call (the run's compile task) runs as a one-rank Python job (fluxmpi.launch.flux.pyjob).
 
-It submits exactly one block (like FluxExecutor) and does not replace it when it ends. Faults
-(docs/reliability.md): a job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is
-kept out of every later job (Parsl's retry can come before Flux has marked it offline); when the connection to the
-instance ends (its first node died), every job still out and every later one fails at once naming that node.
+Campaigns longer than a block (docs/reliability.md has what each fault did):
+- One block runs at a time. When it ends (walltime, scancel, its first node died, Slurm failed it) while tasks
+  are left, the executor submits another, shaped to the nodes that are up: nodes Slurm will not run jobs on, and
+  nodes Flux lost less than `rejoin_after` seconds ago, are left out (`--exclude`), so a node that came back is
+  used again by the next block. Tasks that were running in the ended block fail (Parsl's retries rerun them);
+  after `max_block_failures` blocks in a row in which no task finished, the executor gives up and fails the rest.
+- Walltime-aware admission: a task with a time limit (its spec's walltime or timeout) goes to the block only
+  while it fits in the time the block has left, checked again when Flux gives it its nodes (if it no longer
+  fits it is cancelled before it starts and waits for the next block, not counted as a failure). A block with
+  nothing running that can take none of the waiting tasks is ended so a fresh one can. A task longer than any
+  block could run is refused at submit.
+- A job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is kept out of every
+  later job of that block (Parsl's retry can come before Flux has marked it offline).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +50,7 @@ from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec
 from ..blocks import BlockShape, slurm_provider
-from .block import block_command
+from .block import WALLTIME_MARGIN, block_command
 from .client import InstanceClient
 from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
 from .install import FluxInstall, check_flux
@@ -61,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 URI_TIMEOUT = 300.0        # seconds for the block to start and publish its instance (queue wait included)
 BLOCK_LOOK_PERIOD = 3.0    # seconds between squeue looks while waiting for the instance
+START_SLACK = 2            # seconds a job may take from being sent to running, counted against the block's time
+REJOIN_AFTER = 300.0       # seconds a node Flux lost is left out of new blocks unless Slurm says it is down
 
 
 class FluxJobsBlockError(FluxmpiError, RuntimeError):
@@ -84,13 +97,38 @@ class _TaskFuture(Future):
             pass
 
 
-class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
-    """Run Parsl tasks as Flux jobs in one Slurm block holding a Flux instance (see the module docstring).
+@dataclass(eq=False)
+class _Block:
+    """One block of the executor: its Slurm job, its instance once published, and the jobs sent to it."""
+    block_id: str
+    nodes: int                                   # nodes it was asked for (fewer than nodes_per_block when some are down)
+    job_id: str | None = None
+    client: InstanceClient | None = None
+    instance: dict | None = None
+    ends: float | None = None                    # wall-clock time its instance shuts down (None: unknown)
+    sent: dict = field(default_factory=dict)     # id(future) -> (request, future) of jobs sent to its instance
+    lost_hosts: frozenset = frozenset()          # hosts whose broker Flux lost: its later jobs avoid them
+    ended: str | None = None                     # why it is over, once it is
+    finished: int = 0                            # tasks that ended well in it
 
-    provider: the block's provider (SlurmProvider); nodes_per_block x cores_per_node (+gpus_per_node): the block,
+    def time_left(self) -> float:
+        return float("inf") if self.ends is None else self.ends - time.time()
+
+    def fits_time(self, req: JobRequest) -> bool:
+        return req.duration is None or req.duration + START_SLACK <= self.time_left()
+
+
+class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
+    """Run Parsl tasks as Flux jobs in a Slurm block holding a Flux instance (see the module docstring).
+
+    provider: the blocks' provider (SlurmProvider); nodes_per_block x cores_per_node (+gpus_per_node): a block,
     against which every task is checked before submission. flux_path: the `flux` command on the nodes.
-    working_dir: instance info, per-task stdout/stderr, packed Python calls. walltime: the block's, in seconds
-    (the instance shuts down shortly before). uri_timeout: how long the block may take to publish its instance.
+    working_dir: instance info, per-task stdout/stderr, packed Python calls. walltime: a block's, in seconds
+    (its instance shuts down WALLTIME_MARGIN before). uri_timeout: how long a block may take to publish its
+    instance. max_block_failures: blocks in a row that end without a task finishing in them, after which the
+    executor fails the tasks left instead of starting another. rejoin_after: seconds after Flux lost a node
+    during which a new block leaves it out even if Slurm still lists it up (Slurm notices a dead node only after
+    its SlurmdTimeout); after that, what Slurm says decides, so a node that came back is used again.
     """
 
     fluxmpi_launcher = LAUNCHER     # how fluxmpi's task bodies run here (fluxmpi.mpiapp)
@@ -102,24 +140,24 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def __init__(self, provider, *, label: str = "flux_jobs", nodes_per_block: int = 1, cores_per_node: int = 1,
                  gpus_per_node: int = 0, flux_path: str = "flux", working_dir: str | None = None,
                  walltime: int = 1800, uri_timeout: float = URI_TIMEOUT, python: str | None = None,
-                 link_timeout: int | None = None, block_error_handler: bool | Callable = True):
+                 link_timeout: int | None = None, block_error_handler: bool | Callable = True,
+                 max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
         self.label = label
         self.nodes_per_block, self.cores_per_node, self.gpus_per_node = nodes_per_block, cores_per_node, gpus_per_node
         self.flux_path, self.walltime, self.uri_timeout, self.python = flux_path, int(walltime), uri_timeout, python
         self.link_timeout = link_timeout
         self.working_dir = working_dir
-        self._client: InstanceClient | None = None
-        self._instance: dict | None = None
-        self._waiting: list[tuple[JobRequest, Future]] = []   # submitted before the instance was reachable
-        self._lock = threading.Lock()
+        self.max_block_failures, self.rejoin_after = max_block_failures, rejoin_after
+        self._block: _Block | None = None            # the block taking jobs now (at most one at a time)
+        self.ended_blocks: list[_Block] = []
+        self._waiting: list[tuple[JobRequest, Future]] = []   # not sent yet: no instance, or too little time left
+        self._lock = threading.RLock()
         self._counter = 0
         self._stopped = threading.Event()
-        self._block_started = False
-        self._job_id: str | None = None     # the block's Slurm job
-        # Hosts whose broker Flux lost: later jobs (Parsl's retries) must not go there. Flux takes a moment to mark
-        # a lost broker offline, and a retry submitted within it was seen placed on the dead node again.
-        self._lost_hosts: frozenset[str] = frozenset()
+        self._failed_in_a_row = 0
+        self._lost_at: dict[str, float] = {}         # host -> when Flux lost it (any block)
+        self._baseline_options = getattr(provider, "scheduler_options", "")
 
     # --- BlockProviderExecutor ------------------------------------------------------------------------------
     @property
@@ -134,6 +172,11 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def tasks_dir(self) -> str:
         return os.path.join(self.working_dir, "tasks")
 
+    @property
+    def usable_walltime(self) -> int:
+        """Seconds a block's instance runs jobs: its walltime less the instance's shut-down margin."""
+        return max(1, self.walltime - WALLTIME_MARGIN)
+
     def _info_file(self, block_id: str) -> str:
         return os.path.join(self.working_dir, f"block-{block_id}", "instance.json")
 
@@ -144,7 +187,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             os.unlink(info)    # left by an earlier run in this run_dir whose first node died (resume): stale
         except FileNotFoundError:
             pass
-        return block_command(info, self.flux_path, self.nodes_per_block, self.cores_per_node, self.walltime,
+        nodes = self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block
+        return block_command(info, self.flux_path, nodes, self.cores_per_node, self.walltime,
                              python=self.python, link_timeout=self.link_timeout)
 
     def start(self) -> None:
@@ -152,74 +196,119 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         super().start()
         self.working_dir = os.path.abspath(self.working_dir or os.path.join(self.run_dir, self.label))
         os.makedirs(self.tasks_dir, exist_ok=True)
-        blocks = self.scale_out_facade(1)      # the one block, at once (see scale_out_facade)
-        threading.Thread(target=self._connect, args=(blocks[0] if blocks else None,), daemon=True,
-                         name=f"{self.label}-connect").start()
+        self._new_block("the executor started")
 
     def shutdown(self) -> None:
         self._stopped.set()
-        if self._client is not None:
-            self._client.close()
+        with self._lock:
+            blocks = [b for b in [self._block, *self.ended_blocks] if b is not None]
+        for b in blocks:
+            if b.client is not None:
+                b.client.close()
         job_ids = [j for _, j in zip(*self._get_block_and_job_ids())]
         if job_ids and self.provider is not None:
-            self.provider.cancel(job_ids)     # the instance ends with its block
+            self.provider.cancel(job_ids)     # each instance ends with its block
         self._fail_waiting(FluxJobsBlockError(f"executor {self.label} shut down before the task was submitted"))
         super().shutdown()
 
     def handle_errors(self, status) -> None:
         super().handle_errors(status)
-        # The one block ended (walltime, cancel, node failure): nothing will run the tasks still out.
-        if status and all(s.state in TERMINAL_STATES for s in status.values()) and self.outstanding \
-                and not self.bad_state_is_set:
-            ended = "; ".join(f"block {b}: {s.state.name} {s.message or ''}".strip() for b, s in status.items())
+        # A block that ended (walltime, cancel, node failure) while it was the one taking jobs: go on in another.
+        with self._lock:
+            b = self._block
+        if b is not None and b.block_id in (status or {}) and status[b.block_id].state in TERMINAL_STATES:
+            s = status[b.block_id]
+            why = f"block {b.block_id}: {s.state.name} {s.message or ''}".strip()
             # Parsl's state says COMPLETED for a block that hit its walltime; Slurm's says why (TimeLimit, ...).
-            slurm = _job_state(self._job_id) if self._job_id else None
+            slurm = _job_state(b.job_id) if b.job_id else None
             if slurm:
-                ended += f"; Slurm job {self._job_id}: {slurm['state']} ({slurm['reason']})"
-            self.set_bad_state_and_fail_all(FluxJobsBlockError(
-                f"the Flux instance's block ended ({ended}); this executor does not start another"))
+                why += f"; Slurm job {b.job_id}: {slurm['state']} ({slurm['reason']})"
+            self._block_over(b, f"its block ended ({why})")
 
     def scale_out_facade(self, n: int) -> list[str]:
-        """Start the executor's one block, once: start() asks at once, and Parsl's init-only strategy asks again at
-        its first poll (seconds later), which must not start a second instance."""
-        with self._lock:
-            if self._block_started:
-                return []
-            self._block_started = True
-        return super().scale_out_facade(1)
+        """Blocks start only when this executor asks (_new_block): Parsl's init-only strategy asks again at its
+        first poll, which must not start a second instance."""
+        return []
 
-    # --- connecting -----------------------------------------------------------------------------------------
-    def _block_log(self, job_id: str | None) -> str:
-        info = (getattr(self.provider, "resources", {}) or {}).get(job_id) or {}
-        return info.get("job_stdout_path") or f"the provider's script directory ({self.label}, job {job_id})"
-
-    def _connect(self, block_id: str | None) -> None:
+    # --- blocks ---------------------------------------------------------------------------------------------
+    def _usable_nodes(self) -> tuple[int, list[str]]:
+        """How many nodes a new block can have now, and which nodes it must leave out: those Slurm will not run
+        jobs on, and those Flux lost less than rejoin_after seconds ago (Slurm may not have noticed yet)."""
+        partition = getattr(self.provider, "partition", None)
+        recent = {h for h, t in self._lost_at.items() if time.time() - t < self.rejoin_after}
+        if not partition:
+            return self.nodes_per_block, sorted(recent)
         try:
-            if block_id is None or block_id not in self.blocks_to_job_id:
-                why = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
-                raise FluxJobsBlockError(f"the Flux block could not be submitted: {why or 'no block was started'}")
-            job_id = self.blocks_to_job_id[block_id]
-            self._job_id = str(job_id)
-            self._instance = self._wait_for_instance(self._info_file(block_id), str(job_id))
-            self._client = InstanceClient(self._instance["uri"]).start()
-            logger.info("%s: connected to the Flux instance of Slurm job %s at %s", self.label, job_id,
-                        self._instance["uri"])
-        except Exception as err:  # noqa: BLE001 - every waiting task gets the reason
-            if not self._stopped.is_set():
-                self.set_bad_state_and_fail_all(err if isinstance(err, FluxJobsBlockError)
-                                                else FluxJobsBlockError(str(err)))
-            self._fail_waiting(err)
+            every = slurm_client.partition_nodes(partition)
+            down = set(slurm_client.unusable_nodes(partition))
+        except slurm_client.SlurmError as err:
+            logger.info("%s: sinfo about partition %s: %s", self.label, partition, err)
+            return self.nodes_per_block, sorted(recent)
+        leave_out = sorted((down | recent) & set(every))
+        return min(self.nodes_per_block, len(every) - len(leave_out)), leave_out
+
+    def _new_block(self, why: str) -> None:
+        """Submit a block (shaped to the nodes that are up) and connect to its instance in the background."""
+        with self._lock:
+            if self._stopped.is_set() or self.bad_state_is_set or (self._block and not self._block.ended):
+                return
+            nodes, leave_out = self._usable_nodes()
+            if nodes < 1:
+                self._give_up(f"no node of the partition can take a block (left out: {', '.join(leave_out)})")
+                return
+            if self.provider is not None:
+                self.provider.nodes_per_block = nodes
+                extra = [f"#SBATCH --exclude={','.join(leave_out)}"] if leave_out else []
+                self.provider.scheduler_options = "\n".join([self._baseline_options, *extra]).strip("\n")
+            ids = BlockProviderExecutor.scale_out_facade(self, 1)
+            if not ids or ids[0] not in self.blocks_to_job_id:
+                reason = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
+                self._give_up(f"the Flux block could not be submitted: {reason or 'no block was started'}")
+                return
+            b = self._block = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]))
+        logger.info("%s: block %s (Slurm job %s, %d nodes%s) submitted: %s", self.label, b.block_id, b.job_id, nodes,
+                    f", leaving out {', '.join(leave_out)}" if leave_out else "", why)
+        threading.Thread(target=self._connect, args=(b,), daemon=True, name=f"{self.label}-connect").start()
+
+    def _connect(self, b: _Block) -> None:
+        try:
+            instance = self._wait_for_instance(self._info_file(b.block_id), b.job_id, until_ended=b)
+            client = InstanceClient(instance["uri"], on_lost=lambda why: self._leader_lost(b, why)).start()
+        except Exception as err:  # noqa: BLE001 - the block is over; another may be tried
+            self._block_over(b, str(err))
             return
         with self._lock:
-            waiting, self._waiting = self._waiting, []
-        for req, fut in waiting:
-            self._send(req, fut)
+            b.instance, b.client = instance, client
+            b.ends = instance.get("ends")
+        logger.info("%s: connected to the Flux instance of Slurm job %s at %s (%s left)", self.label, b.job_id,
+                    instance["uri"], "?" if b.ends is None else f"{b.time_left():.0f}s")
+        self._dispatch()
 
-    def _wait_for_instance(self, info_file: str, job_id: str) -> dict:
+    def _unpublished(self, b: _Block) -> bool:
+        """Whether b's block program has withdrawn its instance.json: it does so on SIGTERM (walltime, scancel) and
+        before it shuts the instance down."""
+        return b.instance is not None and not os.path.exists(self._info_file(b.block_id))
+
+    def _leader_lost(self, b: _Block, why: str) -> None:
+        """The connection to b's instance ended on its own: its first node (the leader broker) died or cannot be
+        reached, or the instance shut down. The next block leaves that node out for a while (rejoin_after)."""
+        host = (b.instance or {}).get("host")
+        # The block program removes its instance.json as it shuts the instance down (walltime, scancel): then the
+        # node is fine. A dead leader leaves the file behind.
+        shut_down = self._unpublished(b)
+        if host and not b.ended and not shut_down:
+            with self._lock:
+                self._lost_at[host] = time.time()
+        what = "shut down" if shut_down else f"was lost ({why})"
+        self._block_over(b, f"the connection to its Flux instance on {host or '?'} {what}")
+
+    def _wait_for_instance(self, info_file: str, job_id: str, until_ended: _Block | None = None) -> dict:
         """The block's instance.json, once it exists; an error naming the job and its log if it does not come."""
         deadline = time.monotonic() + self.uri_timeout
         next_look = time.monotonic() + BLOCK_LOOK_PERIOD
         while time.monotonic() < deadline and not self._stopped.is_set():
+            if until_ended is not None and until_ended.ended:
+                raise FluxJobsBlockError(f"Slurm job {job_id} ended before its instance was published")
             if os.path.exists(info_file):
                 with open(info_file) as f:
                     return json.load(f)
@@ -236,6 +325,46 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         raise FluxJobsBlockError(
             f"the Flux instance of Slurm job {job_id} did not publish its URI in {info_file} within "
             f"{self.uri_timeout:.0f}s (still queued? `squeue -j {job_id}`); see its log {self._block_log(job_id)}")
+
+    def _block_log(self, job_id: str | None) -> str:
+        info = (getattr(self.provider, "resources", {}) or {}).get(job_id) or {}
+        return info.get("job_stdout_path") or f"the provider's script directory ({self.label}, job {job_id})"
+
+    def _block_over(self, b: _Block, why: str) -> None:
+        """`b` takes no more jobs: cancel its Slurm job, and start another block while tasks are left."""
+        with self._lock:
+            if b.ended:
+                return
+            b.ended = why
+            self.ended_blocks.append(b)
+            if self._block is b:
+                self._block = None
+            self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
+            failed_in_a_row = self._failed_in_a_row
+            work_left = bool(self._waiting) or self.outstanding > len(b.sent)
+        logger.warning("%s: block %s (Slurm job %s) is over: %s", self.label, b.block_id, b.job_id, why)
+        if b.client is not None:
+            threading.Thread(target=b.client.close, daemon=True).start()
+        if b.job_id and self.provider is not None and not self._stopped.is_set():
+            threading.Thread(target=self._cancel_quietly, args=(b.job_id,), daemon=True).start()
+        if self._stopped.is_set():
+            return
+        if failed_in_a_row >= self.max_block_failures:
+            self._give_up(f"{failed_in_a_row} blocks in a row ended without a task finishing in them; the last: "
+                          f"{why}")
+        elif work_left:
+            self._new_block(f"block {b.block_id} is over and tasks are left")
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.provider.cancel([job_id])
+        except Exception as err:  # noqa: BLE001 - the block ends at its walltime anyway
+            logger.warning("%s: cancelling Slurm job %s failed: %s", self.label, job_id, err)
+
+    def _give_up(self, why: str) -> None:
+        err = FluxJobsBlockError(f"the flux-jobs executor {self.label} starts no more blocks: {why}")
+        self.set_bad_state_and_fail_all(err)
+        self._fail_waiting(err)
 
     def _fail_waiting(self, err: BaseException) -> None:
         with self._lock:
@@ -259,15 +388,21 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             if req is None:
                 req = self._python_call(n, func, resource_specification, args, kwargs)
             check_fits(req, self.nodes_per_block, self.cores_per_node, self.gpus_per_node)
+            check_walltime(req, self.usable_walltime)
         except Exception as err:  # noqa: BLE001 - refused before Flux saw it: the task fails with the reason
             fut.set_exception(err)
             return fut
         with self._lock:
-            if self._client is None:
-                self._waiting.append((req, fut))
-                return fut
-        self._send(req, fut)
+            self._waiting.append((req, fut))
+            start_one = self._block is None and self._started_once
+        if start_one:
+            self._new_block("a task arrived and no block was running")
+        self._dispatch()
         return fut
+
+    @property
+    def _started_once(self) -> bool:
+        return bool(self.blocks_to_job_id)
 
     def _python_call(self, n: int, func: Callable, rs: dict, args: tuple, kwargs: dict) -> JobRequest:
         from parsl.serialize import pack_apply_message
@@ -278,32 +413,87 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             f.write(pack_apply_message(func, args, kwargs))
         return req
 
-    def _send(self, req: JobRequest, fut: Future) -> None:
-        info = self._instance or {}
+    def _dispatch(self) -> None:
+        """Send the waiting tasks the current block can take: it is connected, the task fits its nodes, and the
+        task's time limit fits the time the block has left. A block with nothing running that can take none of
+        the waiting tasks is ended, so that a new one (full time, the nodes up now) can."""
+        with self._lock:
+            b = self._block
+            if b is None or b.client is None or b.ended:
+                return
+            ending = self._unpublished(b)
+        if ending:
+            self._block_over(b, "its block is ending: the block program withdrew its instance")
+            return
+        with self._lock:
+            send, keep = [], []
+            for req, fut in self._waiting:
+                if fut.done():
+                    continue
+                fits = b.fits_time(req) and req.spec.nodes <= b.nodes
+                (send if fits else keep).append((req, fut))
+            self._waiting = keep
+            for req, fut in send:
+                b.sent[id(fut)] = (req, fut)
+            stuck = bool(keep) and not b.sent
+        for req, fut in send:
+            self._send(b, req, fut)
+        if stuck:
+            req = keep[0][0]
+            self._block_over(b, f"none of the {len(keep)} waiting task(s) fits in it (e.g. task {req.task}: "
+                                f"{req.spec.nodes} nodes, {_limit(req)}; the block has {b.nodes} nodes and "
+                                f"{max(0.0, b.time_left()):.0f}s left)")
+
+    def _send(self, b: _Block, req: JobRequest, fut: Future) -> None:
+        info = b.instance or {}
         if req.kind == "python" and not self.python and info.get("python"):
             req.command[0] = info["python"]
         env = info.get("env") or {}
-        self._client.submit(jobspec(req, env, self.working_dir, avoid=self._lost_hosts),
-                            lambda end: self._ended(req, fut, end, env.get("FLUXMPI_ENV_FILE")))
 
-    def _instance_lost(self, why: str) -> str:
-        """What a task still out is told once the connection to the instance is gone: where the instance was."""
-        info = self._instance or {}
+        def hold_back() -> str | None:
+            if b.fits_time(req):
+                return None
+            return f"fluxmpi: {_limit(req)} no longer fits the {max(0.0, b.time_left()):.0f}s its block has left"
+        b.client.submit(jobspec(req, env, self.working_dir, avoid=b.lost_hosts),
+                        lambda end: self._ended(b, req, fut, end, env.get("FLUXMPI_ENV_FILE")),
+                        hold_back=hold_back if req.duration else None)
+
+    def _instance_lost(self, b: _Block, why: str, connection_lost: bool) -> str:
+        """What a task still out is told once its block's instance is gone."""
+        if not connection_lost:
+            return (f"its block (Slurm job {b.job_id}) ended before the task did ({why}); the task's run there is "
+                    f"lost")
+        info = b.instance or {}
         return (f"the Flux instance stopped answering: the connection to its leader broker on the first node "
-                f"{info.get('host', '?')} of Slurm job {self._job_id} was lost ({why}); that node "
-                f"died, cannot be reached or the instance ended, and this executor starts no other instance")
+                f"{info.get('host', '?')} of Slurm job {b.job_id} was lost ({why}); that node died or cannot be "
+                f"reached, and the task's run there is lost")
 
-    def _ended(self, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
+    def _ended(self, b: _Block, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
+        with self._lock:
+            b.sent.pop(id(fut), None)
         if fut.done():
             return
-        connection_lost = self._client.lost if self._client is not None else None
-        if end.error and connection_lost:
-            end.error = self._instance_lost(connection_lost)
+        if end.held_back:
+            # Cancelled by fluxmpi itself before it started (too little time left): back to the queue, not a failure.
+            logger.info("%s: task %s held back for another block: %s", self.label, req.task, end.held_back)
+            with self._lock:      # in submission order again, so the next block runs them in that order
+                self._waiting.append((req, fut))
+                self._waiting.sort(key=lambda item: item[1].parsl_executor_task_id)
+            self._dispatch()
+            return
+        if not (not end.error and not end.exception and end.status == 0) and not b.ended and self._unpublished(b):
+            # Its block is ending (Slurm's SIGTERM at the walltime or a scancel reached the ranks): take no retry there.
+            self._block_over(b, "its block is ending: the block program withdrew its instance")
+        connection_lost = b.client.lost if b.client is not None else None
+        if end.error and (connection_lost or b.ended):
+            end.error = self._instance_lost(b, connection_lost or b.ended, bool(connection_lost))
         ok = not end.error and not end.exception and end.status == 0
         if end.exception:
             dead = flux_lost_nodes([end.exception[1]])
             if dead:       # before the future fails: Parsl may submit the retry from inside set_exception
-                self._lost_hosts = self._lost_hosts | set(dead)
+                with self._lock:
+                    b.lost_hosts = b.lost_hosts | set(dead)
+                    self._lost_at.update({h: time.time() for h in dead})
                 logger.warning("%s: Flux lost node(s) %s; later jobs avoid them", self.label, ", ".join(sorted(dead)))
         if not ok:
             failure = task_failure(req, end)
@@ -318,6 +508,25 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 fut.set_exception(FluxJobsError(f"task {req.task}: its result {req.result_file} is unreadable: {err}"))
         else:
             fut.set_result(task_result(req, end, env_file))
+        if ok:
+            with self._lock:
+                b.finished += 1
+                self._failed_in_a_row = 0
+        self._dispatch()      # a block left idle with only tasks it cannot take is ended here
+
+
+def _limit(req: JobRequest) -> str:
+    return "no time limit" if req.duration is None else f"a time limit of {req.duration:.0f}s"
+
+
+def check_walltime(req: JobRequest, usable: int) -> None:
+    """Refuse a task whose time limit exceeds what any block's instance runs jobs for."""
+    if req.duration is not None and req.duration + START_SLACK > usable:
+        raise FluxJobsError(
+            f"task {req.task} has {_limit(req)} but a block's Flux instance runs jobs for at most {usable}s (its "
+            f"walltime less {WALLTIME_MARGIN}s to shut down, and {START_SLACK}s to start): it could never run; give "
+            f"the blocks a longer walltime (at least {int(req.duration) + START_SLACK + WALLTIME_MARGIN}s) or the "
+            f"task a shorter one")
 
 
 def _job_state(job_id: str) -> dict:
@@ -332,8 +541,10 @@ def _job_state(job_id: str) -> dict:
 def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime: int | str = 1800,
                      worker_init: str = "", run_dir: str = "runinfo", label: str = "flux_jobs",
                      install: FluxInstall | None = None, uri_timeout: float = URI_TIMEOUT,
-                     status_period: int = 60, link_timeout: int | None = None, apply_env: bool = True) -> Config:
-    """A Parsl Config with one FluxJobsExecutor: one Slurm block of `nodes_per_block` nodes running Flux.
+                     status_period: int = 60, link_timeout: int | None = None, apply_env: bool = True,
+                     max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER) -> Config:
+    """A Parsl Config with one FluxJobsExecutor: a Slurm block of `nodes_per_block` nodes running Flux at a
+    time, replaced when it ends while tasks are left (max_block_failures, rejoin_after: FluxJobsExecutor's).
 
     worker_init: shell lines for the block before the brokers start; the jobs get the resulting environment.
     link_timeout: seconds before a broker whose link is down is dropped (as on the flux path: the run's
@@ -350,5 +561,5 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
         label=label, nodes_per_block=shape.nodes_per_block, cores_per_node=site.cores_per_node,
         gpus_per_node=site.gpus_per_node, flux_path=install.flux,
         working_dir=str(Path(run_dir).resolve() / label), walltime=shape.walltime, uri_timeout=uri_timeout,
-        link_timeout=link_timeout)
+        link_timeout=link_timeout, max_block_failures=max_block_failures, rejoin_after=rejoin_after)
     return Config(executors=[executor], run_dir=run_dir, strategy="none", initialize_logging=True)

@@ -209,6 +209,7 @@ class JobEnd:
     times: dict[str, float] = field(default_factory=dict)   # event name -> timestamp
     nodes: list[str] = field(default_factory=list)
     error: str | None = None                        # submission or connection failure
+    held_back: str | None = None                    # cancelled by fluxmpi as it was about to start: why
 
 
 def task_result(req: JobRequest, end: JobEnd, env_file: str | None = None) -> dict:
