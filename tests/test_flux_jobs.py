@@ -305,19 +305,23 @@ def test_refused_calls_fail_their_future_and_fail_all_leaves_finished_tasks_alon
 def test_a_task_longer_than_any_block_is_refused_at_submit_and_shorter_ones_wait(tmp_path):
     ex = FluxJobsExecutor(None, working_dir=str(tmp_path), nodes_per_block=2, cores_per_node=2, walltime=40)
     assert ex.usable_walltime == 30            # the instance shuts down 10 s before the block's walltime
-    args, kw = _call(timeout=60.0)
+    args, kw = _call(spec=MPITaskSpec(nodes=2, ranks_per_node=2, walltime=60))
     refused = ex.submit(run_mpi_task, {}, *args, **kw).exception(timeout=1)
     assert isinstance(refused, FluxJobsError), refused
-    assert "task t7 has a time limit of 60s but a block's Flux instance runs jobs for at most 30s" in str(refused)
+    assert "task t7 has a walltime of 60s but a block's Flux instance runs jobs for at most 30s" in str(refused)
     assert "at least 72s" in str(refused)      # the walltime that would hold it
-    args, kw = _call(timeout=28.0)             # 28 s + 2 s to start: exactly what a fresh block holds
-    assert not ex.submit(run_mpi_task, {}, *args, **kw).done()
+    # 28 s + 2 s to start: exactly what a fresh block holds. A timeout alone (fluxmpi's default kill limit) is no
+    # declared walltime: it is not held against the block.
+    for spec, timeout in ((MPITaskSpec(nodes=2, ranks_per_node=2, walltime=28), None),
+                          (MPITaskSpec(nodes=2, ranks_per_node=2), 600.0)):
+        args, kw = _call(spec=spec, timeout=timeout)
+        assert not ex.submit(run_mpi_task, {}, *args, **kw).done()
 
 
-def test_a_block_takes_a_task_only_while_its_time_limit_fits_the_time_left(tmp_path):
-    args, kw = _call(timeout=10.0)
+def test_a_block_takes_a_task_only_while_its_walltime_fits_the_time_left(tmp_path):
+    args, kw = _call(spec=MPITaskSpec(nodes=2, ranks_per_node=2, walltime=10), timeout=60.0)
     req = mpi_request(run_mpi_task, None, args, kw, tmp_path)
-    untimed = mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=2, ranks_per_node=2), timeout=None),
+    untimed = mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=2, ranks_per_node=2), timeout=60.0),
                           tmp_path)
     block = _Block("0", nodes=2, ends=time.time() + 30)
     assert block.fits_time(req) and block.fits_time(untimed)

@@ -146,7 +146,7 @@ def test_flux_jobs_campaign_longer_than_a_block_runs_in_successive_blocks_by_eac
     errors = [t.error for t in result.tasks]
     print(f"\nblocks: {result.blocks}\nerrors: {errors}")
     assert errors[:13] == [None] * 13, errors
-    assert "has a time limit of 60s but a block's Flux instance runs jobs for at most 30s" in errors[13], errors[13]
+    assert "has a walltime of 60s but a block's Flux instance runs jobs for at most 30s" in errors[13], errors[13]
     assert len(result.blocks) >= 3, result.blocks
     # Nothing ran twice, nothing was cut short: every task ran once, in a block that still had its time.
     assert all(t.attempts == 1 for t in result.tasks[:13]), [(t.task, t.earlier_errors) for t in result.tasks]

@@ -18,7 +18,7 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
   nodes Flux lost less than `rejoin_after` seconds ago, are left out (`--exclude`), so a node that came back is
   used again by the next block. Tasks that were running in the ended block fail (Parsl's retries rerun them);
   after `max_block_failures` blocks in a row in which no task finished, the executor gives up and fails the rest.
-- Walltime-aware admission: a task with a time limit (its spec's walltime or timeout) goes to the block only
+- Walltime-aware admission: a task that declares a walltime (its spec's; a timeout alone does not) goes to the block only
   while it fits in the time the block has left, checked again when Flux gives it its nodes (if it no longer
   fits it is cancelled before it starts and waits for the next block, not counted as a failure). A block with
   nothing running that can take none of the waiting tasks is ended so a fresh one can. A task longer than any
@@ -115,7 +115,7 @@ class _Block:
         return float("inf") if self.ends is None else self.ends - time.time()
 
     def fits_time(self, req: JobRequest) -> bool:
-        return req.duration is None or req.duration + START_SLACK <= self.time_left()
+        return req.walltime is None or req.walltime + START_SLACK <= self.time_left()
 
 
 class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -456,7 +456,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             return f"fluxmpi: {_limit(req)} no longer fits the {max(0.0, b.time_left()):.0f}s its block has left"
         b.client.submit(jobspec(req, env, self.working_dir, avoid=b.lost_hosts),
                         lambda end: self._ended(b, req, fut, end, env.get("FLUXMPI_ENV_FILE")),
-                        hold_back=hold_back if req.duration else None)
+                        hold_back=hold_back if req.walltime else None)
 
     def _instance_lost(self, b: _Block, why: str, connection_lost: bool) -> str:
         """What a task still out is told once its block's instance is gone."""
@@ -516,17 +516,17 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
 
 
 def _limit(req: JobRequest) -> str:
-    return "no time limit" if req.duration is None else f"a time limit of {req.duration:.0f}s"
+    return "no walltime" if req.walltime is None else f"a walltime of {req.walltime}s"
 
 
 def check_walltime(req: JobRequest, usable: int) -> None:
-    """Refuse a task whose time limit exceeds what any block's instance runs jobs for."""
-    if req.duration is not None and req.duration + START_SLACK > usable:
+    """Refuse a task whose declared walltime exceeds what any block's instance runs jobs for."""
+    if req.walltime is not None and req.walltime + START_SLACK > usable:
         raise FluxJobsError(
             f"task {req.task} has {_limit(req)} but a block's Flux instance runs jobs for at most {usable}s (its "
             f"walltime less {WALLTIME_MARGIN}s to shut down, and {START_SLACK}s to start): it could never run; give "
-            f"the blocks a longer walltime (at least {int(req.duration) + START_SLACK + WALLTIME_MARGIN}s) or the "
-            f"task a shorter one")
+            f"the blocks a longer walltime (at least {req.walltime + START_SLACK + WALLTIME_MARGIN}s) or the task a "
+            f"shorter one")
 
 
 def _job_state(job_id: str) -> dict:

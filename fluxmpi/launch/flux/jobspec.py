@@ -59,7 +59,7 @@ class JobRequest:
     task: str                        # name in messages and file names (the runner's task id, or parsl-<n>)
     spec: MPITaskSpec
     command: list[str]
-    duration: float | None           # seconds; None: no limit
+    duration: float | None           # seconds Flux lets it run (the tighter of timeout and walltime); None: no limit
     stdout: str
     stderr: str
     kind: str = "mpi"                # "mpi": command is the MPI app; "python": a fluxmpi.launch.flux.pyjob call
@@ -68,6 +68,12 @@ class JobRequest:
     result_file: str | None = None
     env: dict = field(default_factory=dict)     # set for the job over the block's environment
     cwd: str | None = None                      # the job's working directory [the executor's]
+
+    @property
+    def walltime(self) -> int | None:
+        """The walltime the task declared (its spec's), which admission holds against a block's time left. A
+        timeout alone (fluxmpi's default kill limit) is not a declaration: such tasks start whenever nodes are free."""
+        return self.spec.walltime
 
 
 def _is(func: Callable, target: Callable) -> bool:
