@@ -131,10 +131,14 @@ def test_flux_first_node_death_ends_the_run_within_a_bound_and_resume_runs_the_r
         assert "Flux instance stopped answering" in t.error and box["node"] in t.error, t.error
     assert box["node"] in result.lost_nodes, result.lost_nodes
     assert all(t.result for t in result.tasks if t.ok)          # what finished is kept
-    # The node comes back; resume reruns exactly the tasks that did not finish, on a new block.
-    faults.revive_node(cluster, box["node"])
-    again = run_tasks("flux", site, specs, app="mpi4py", workdir=tmp_path, sleep=1.0, nodes_per_block=4,
+    # Resume on the 3 nodes left while the node comes back (marked DOWN first, as an admin would, so Slurm stops
+    # waiting for the cancelled block's end there): it reruns exactly the tasks that did not finish.
+    cluster.run(["scontrol", "update", f"NodeName={box['node']}", "State=DOWN", "Reason=killed by the test"])
+    reviving = in_background(lambda _: faults.revive_node(cluster, box["node"]))
+    again = run_tasks("flux", site, specs, app="mpi4py", workdir=tmp_path, sleep=1.0, nodes_per_block=3,
                       resilience=FAST, run_timeout=300, resume=True)
+    reviving["thread"].join(120)
+    assert "error" not in reviving, reviving
     assert [t.error for t in again.tasks] == [None] * 8
     assert sorted(t.task for t in again.tasks if not t.skipped) == sorted(t.task for t in unfinished)
 

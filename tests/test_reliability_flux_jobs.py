@@ -134,19 +134,19 @@ def test_flux_jobs_walltime_end_gets_a_new_block_and_the_run_finishes(cluster, s
 
 def test_flux_jobs_campaign_longer_than_a_block_runs_in_successive_blocks_by_each_tasks_walltime(
         cluster, site, healthy, tmp_path):
-    """12 tasks of 3 nodes (one at a time), each declaring 9 s, on blocks whose instance runs 30 s: a block holds
-    about a third of them. Each starts only while its 9 s fit the block's time left; the rest go to the next
-    block. A 25 s task fits only a fresh block; a 60 s task fits none and is refused at submit."""
-    short = MPITaskSpec(nodes=3, ranks_per_node=1, walltime=9)
-    specs = [short] * 12 + [MPITaskSpec(nodes=3, ranks_per_node=1, walltime=25),
+    """12 tasks of 3 nodes (one at a time), each declaring 4 s, on blocks whose instance runs 15 s: a block holds
+    about a third of them. Each starts only while its 4 s fit the block's time left; the rest go to the next
+    block. A 12 s task fits only a fresh block; a 60 s task fits none and is refused at submit."""
+    short = MPITaskSpec(nodes=3, ranks_per_node=1, walltime=4)
+    specs = [short] * 12 + [MPITaskSpec(nodes=3, ranks_per_node=1, walltime=12),
                             MPITaskSpec(nodes=3, ranks_per_node=1, walltime=60)]
-    result = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=5.0, nodes_per_block=3,
-                       walltime=40, resilience=FAST, run_timeout=420)
+    result = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=2.0, nodes_per_block=3,
+                       walltime=25, resilience=FAST, run_timeout=420)
     gc.collect()
     errors = [t.error for t in result.tasks]
     print(f"\nblocks: {result.blocks}\nerrors: {errors}")
     assert errors[:13] == [None] * 13, errors
-    assert "has a walltime of 60s but a block's Flux instance runs jobs for at most 30s" in errors[13], errors[13]
+    assert "has a walltime of 60s but a block's Flux instance runs jobs for at most 15s" in errors[13], errors[13]
     assert len(result.blocks) >= 3, result.blocks
     # Nothing ran twice, nothing was cut short: every task ran once, in a block that still had its time.
     assert all(t.attempts == 1 for t in result.tasks[:13]), [(t.task, t.earlier_errors) for t in result.tasks]

@@ -137,7 +137,10 @@ tasks:
 @pytest.mark.cluster
 def test_resume_after_ctrl_c_runs_only_the_unfinished_tasks(cluster, mpitest, tmp_path):
     tasks = tmp_path / "ensemble.yaml"
-    slow = f"[sh, -c, 'sleep 25; {mpitest}']"
+    # Slow in the first run (Ctrl-C comes while it runs), quick once the marker exists (the resumes): the command
+    # text stays the same, which is what resume matches a finished task by.
+    marker = tmp_path / "no-more-sleep"
+    slow = f"[sh, -c, 'test -e {marker} || sleep 25; {mpitest}']"
     tasks.write_text(f"tasks:\n  - {{name: quick, command: {mpitest}, nodes: 2, ranks_per_node: 1}}\n"
                      f"  - {{name: slow, command: {slow}, nodes: 2, ranks_per_node: 1}}\n")
     work = tmp_path / "run"
@@ -157,6 +160,7 @@ def test_resume_after_ctrl_c_runs_only_the_unfinished_tasks(cluster, mpitest, tm
     assert proc.returncode == 130, err[-3000:]
     first = json.loads((work / "run.json").read_text())
     assert [t["task"] for t in first["tasks"] if t["ok"]] == ["quick"], first["tasks"]
+    marker.touch()
     again = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     final = json.loads((work / "run.json").read_text())
