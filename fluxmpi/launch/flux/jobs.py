@@ -453,7 +453,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         def hold_back() -> str | None:
             if b.fits_time(req):
                 return None
-            return f"fluxmpi: {_limit(req)} no longer fits the {max(0.0, b.time_left()):.0f}s its block has left"
+            return (f"fluxmpi: {_limit(req)} (+{START_SLACK}s to start) no longer fits the "
+                    f"{max(0.0, b.time_left()):.0f}s its block has left")
         b.client.submit(jobspec(req, env, self.working_dir, avoid=b.lost_hosts),
                         lambda end: self._ended(b, req, fut, end, env.get("FLUXMPI_ENV_FILE")),
                         hold_back=hold_back if req.walltime else None)
