@@ -482,13 +482,13 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 self._waiting.sort(key=lambda item: item[1].parsl_executor_task_id)
             self._dispatch()
             return
-        if not (not end.error and not end.exception and end.status == 0) and not b.ended and self._unpublished(b):
+        ok = not end.error and not end.exception and end.status == 0
+        if not ok and not b.ended and self._unpublished(b):
             # Its block is ending (Slurm's SIGTERM at the walltime or a scancel reached the ranks): take no retry there.
             self._block_over(b, "its block is ending: the block program withdrew its instance")
         connection_lost = b.client.lost if b.client is not None else None
         if end.error and (connection_lost or b.ended):
             end.error = self._instance_lost(b, connection_lost or b.ended, bool(connection_lost))
-        ok = not end.error and not end.exception and end.status == 0
         if end.exception:
             dead = flux_lost_nodes([end.exception[1]])
             if dead:       # before the future fails: Parsl may submit the retry from inside set_exception
