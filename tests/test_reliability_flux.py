@@ -34,16 +34,22 @@ ONE_NODE = MPITaskSpec(nodes=1, ranks_per_node=2)     # fills a 2-core node: one
 def busy_block_node(cluster, workdir, first: bool, timeout: float = 180) -> tuple[str, list[str]]:
     """A node of the run's block where a rank of one of its tasks runs: the block's first node (Flux's leader)
     or, with first=False, any other. Returns it and the block's nodes."""
-    _, nodes = faults.wait_running_job(cluster, str(workdir), timeout)
+    job, nodes = faults.wait_running_job(cluster, str(workdir), timeout)
     deadline = time.monotonic() + timeout
+    seen: set[str] = set()
     while time.monotonic() < deadline:
         busy = faults.busy_nodes(cluster, str(workdir / "records"))
+        seen.update(busy)
         wanted = [n for n in busy if (n == nodes[0]) == first]
         if wanted:
             return wanted[0], nodes
         time.sleep(0.2)
-    raise AssertionError(f"no task ran on {'the first' if first else 'a non-first'} node of {nodes} "
-                         f"within {timeout:.0f}s")
+    # Say what did happen, so a failure tells "nothing ran" (the instance never came up) from "ran elsewhere".
+    finished = sorted({r.host for r in placement.read_records(workdir / "records").records}) \
+        if (workdir / "records").is_dir() else []
+    raise AssertionError(f"no task ran on {'the first' if first else 'a non-first'} node of {nodes} (job {job}) "
+                         f"within {timeout:.0f}s; nodes seen busy: {sorted(seen)}; hosts of finished ranks: "
+                         f"{finished}; still running: {sorted(faults.running_jobs(cluster, str(workdir)))}")
 
 
 def finished_ranks(workdir) -> int:
