@@ -613,6 +613,10 @@ def _wait_all(futures: dict[Future, TaskOutcome], timeout: float, on_progress,
             if reason:
                 _give_up(futures, pending, f"not run: {reason}")
                 return
+            notice = watch.waiting_notice()
+            if notice:
+                logger.warning("%d task(s) waiting: %s", len(pending), notice)
+                print(f"fluxmpi: {len(pending)} task(s) waiting: {notice}", file=sys.stderr, flush=True)
 
 
 def _give_up(futures: dict[Future, TaskOutcome], pending, reason: str) -> None:

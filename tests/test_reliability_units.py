@@ -125,3 +125,26 @@ def test_the_stderr_tail_keeps_the_programs_last_words_over_srun_ending_the_step
     assert _without_step_teardown(err).splitlines() == ["rank 1 on n4: fails on purpose"]
     only_slurm = "srun: error: n4: task 1: Exited with exit code 3"
     assert _without_step_teardown(only_slurm) == only_slurm      # nothing of the program's: keep Slurm's
+
+
+def test_tasks_waiting_with_no_block_running_are_told_why_after_a_minute_then_every_five(monkeypatch):
+    # Slurm's answers are fixed here: a replacement block pending for a node that is down.
+    from fluxmpi.launch import watch as watch_mod
+    states = {"5": {"state": "PENDING", "reason": "ReqNodeNotAvail", "nodes": ""}}
+    monkeypatch.setattr(watch_mod.slurm, "job_states", lambda ids: {j: states[j] for j in ids})
+    monkeypatch.setattr(watch_mod.slurm, "unusable_nodes", lambda partition: {})
+    w = watch_mod.BlockWatch(lambda: ["5"], "debug")
+    assert w.check(now=0.0) is None
+    assert w.waiting_notice(now=30.0) is None
+    notice = w.waiting_notice(now=61.0)
+    assert notice and "61s" in notice and "job 5 PENDING (ReqNodeNotAvail)" in notice, notice
+    assert "run's time limit" in notice
+    assert w.waiting_notice(now=120.0) is None                  # not again within five minutes
+    assert w.waiting_notice(now=362.0) is not None
+    states["5"] = {"state": "RUNNING", "reason": "None", "nodes": ""}
+    w.check(now=400.0)
+    assert w.waiting_notice(now=1000.0) is None                 # a block runs: nothing to say
+    timed = watch_mod.BlockWatch(lambda: ["5"], "debug", block_timeout=600)
+    states["5"] = {"state": "PENDING", "reason": "Resources", "nodes": ""}
+    timed.check(now=0.0)
+    assert "--block-timeout 600s" in timed.waiting_notice(now=60.0)

@@ -14,6 +14,10 @@ logger = logging.getLogger(__name__)
 # Slurm job states in which a block may still run tasks (or will, once it starts).
 ACTIVE_STATES = slurm.ACTIVE_STATES
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING"})
+# While tasks wait with no block running, say so (with Slurm's reason) after this long, then every NOTICE_EVERY s:
+# a replacement block that pends for nodes that are down otherwise looks like a hung run.
+NOTICE_AFTER = 60.0
+NOTICE_EVERY = 300.0
 
 
 @dataclass
@@ -35,6 +39,7 @@ class BlockWatch:
     ended: dict[str, float] = field(default_factory=dict)    # job id -> when (epoch) it was first seen ending
     first_nodes: dict[str, str] = field(default_factory=dict)   # job id -> its first node (runs the batch script)
     _idle_since: float | None = None
+    _noticed_at: float | None = None
     _expanded: dict[str, list[str]] = field(default_factory=dict)
 
     def check(self, now: float | None = None) -> str | None:
@@ -67,7 +72,7 @@ class BlockWatch:
         for node in self.nodes_used & set(bad):
             self.lost_nodes[node] = bad[node]   # stays listed if the node comes back later
         if any(info["state"] in RUNNING_STATES for info in states.values()):
-            self._idle_since = None
+            self._idle_since = self._noticed_at = None
             return None
         self._idle_since = self._idle_since or now
         if ids and not self.replaces_blocks and all(i["state"] not in ACTIVE_STATES for i in states.values()):
@@ -76,6 +81,18 @@ class BlockWatch:
             return (f"no block has been running for {self.block_timeout:.0f}s "
                     f"({self.describe() or 'no block submitted'})")
         return None
+
+    def waiting_notice(self, now: float | None = None) -> str | None:
+        """Why tasks wait, once no block has been running for NOTICE_AFTER s (then every NOTICE_EVERY s), else None."""
+        now = time.monotonic() if now is None else now
+        if self._idle_since is None or now - self._idle_since < NOTICE_AFTER:
+            return None
+        if self._noticed_at is not None and now - self._noticed_at < NOTICE_EVERY:
+            return None
+        self._noticed_at = now
+        bound = f"--block-timeout {self.block_timeout:.0f}s" if self.block_timeout else "the run's time limit"
+        return (f"no block of the run has been running for {now - self._idle_since:.0f}s "
+                f"({self.describe() or 'no block submitted yet'}); tasks wait until one runs or {bound} ends the wait")
 
     def ending_near(self, when: float, slack: float) -> str | None:
         """"job 12 TIMEOUT (TimeLimit)" if one of the blocks was seen ending within `slack` s of `when`."""
