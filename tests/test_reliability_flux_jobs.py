@@ -136,9 +136,11 @@ def test_flux_jobs_campaign_longer_than_a_block_runs_in_successive_blocks_by_eac
         cluster, site, healthy, tmp_path):
     """12 tasks of 3 nodes (one at a time), each declaring 4 s, on blocks whose instance runs 15 s: a block holds
     about a third of them. Each starts only while its 4 s fit the block's time left; the rest go to the next
-    block. A 12 s task fits only a fresh block; a 60 s task fits none and is refused at submit."""
+    block. A 9 s task fits only a block that has run little (9 s + 2 s to start, of 15 s: a fresh block comes up
+    with about 14 s left here, so 12 s was too tight on a loaded machine); a 60 s task fits none and is refused
+    at submit."""
     short = MPITaskSpec(nodes=3, ranks_per_node=1, walltime=4)
-    specs = [short] * 12 + [MPITaskSpec(nodes=3, ranks_per_node=1, walltime=12),
+    specs = [short] * 12 + [MPITaskSpec(nodes=3, ranks_per_node=1, walltime=9),
                             MPITaskSpec(nodes=3, ranks_per_node=1, walltime=60)]
     result = run_tasks(PATH, site, specs, app="mpi4py", workdir=tmp_path, sleep=2.0, nodes_per_block=3,
                        walltime=25, resilience=FAST, run_timeout=420)
