@@ -148,3 +148,14 @@ def test_gate_refuses_an_unknown_policy():
     from fluxmpi.launch.gate import NodeGate
     with pytest.raises(SpecError, match="'smallest-first' is not known"):
         NodeGate(4, policy="smallest-first")
+
+
+def test_block_paths_submit_their_first_block_within_a_second_of_load(tmp_path):
+    """Parsl sends a config's initial blocks at its strategy's first tick: 5 s after load by default."""
+    from fluxmpi.launch.htex import htex_mpi_config
+    from fluxmpi.launch.static import static_blocks_config
+    from fluxmpi.site import Site
+    site = Site(name="test", partition="debug", nodes=4, cores_per_node=2, address="10.0.0.1")
+    for config in (htex_mpi_config(site, run_dir=str(tmp_path)),
+                   static_blocks_config(site, nodes_per_block=2, run_dir=str(tmp_path))):
+        assert config.strategy == "simple" and config.strategy_period <= 1, config.strategy_period

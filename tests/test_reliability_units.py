@@ -44,6 +44,14 @@ def test_resume_trusts_complete_rank_records_when_run_json_has_no_word(tmp_path)
     assert set(done) == {"t0"} and done["t0"]["result"]["from_records"]
 
 
+def test_resume_reruns_a_finished_task_whose_command_changed(tmp_path):
+    """The user's programs: a task is skipped only if it finished with the same command under its name."""
+    write_run(tmp_path, [{"task": "quick", "spec": SPEC.to_dict(), "ok": True, "returned": 5.0, "command": ["app"]},
+                         {"task": "slow", "spec": SPEC.to_dict(), "ok": True, "returned": 6.0, "command": ["app", "y"]}])
+    done = finished_tasks(tmp_path, ["quick", "slow"], [SPEC] * 2, commands=[["app", "x"], ["app", "y"]])
+    assert set(done) == {"slow"}
+
+
 def test_resume_does_not_resurrect_a_task_run_json_says_failed(tmp_path):
     write_run(tmp_path, [{"task": "t0", "spec": SPEC.to_dict(), "ok": False, "returned": 6.0, "error": "boom"}])
     (tmp_path / "records").mkdir()

@@ -29,6 +29,12 @@ SLURM_TASKS_FIX = "\n".join([
 ])
 
 
+# Parsl submits a config's initial blocks at its strategy's first tick, one strategy period after load (5 s by
+# default: seen here as 4-5 s of every HTEX run's start-up spent before sbatch). The strategy itself is cheap and
+# reads cached states (Slurm is still asked only every status_period), so tick every second.
+STRATEGY_PERIOD = 1
+
+
 @dataclass(frozen=True)
 class BlockShape:
     """How many nodes a block has, how many blocks run at once, and for how long."""
