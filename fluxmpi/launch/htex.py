@@ -59,5 +59,6 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
         heartbeat_period=min(res.heartbeat_period, threshold - 1),
         block_error_handler=res.block_error_handler(),
     )
-    return Config(executors=[executor], run_dir=run_dir, strategy="simple", strategy_period=STRATEGY_PERIOD, max_idletime=3600,
+    return Config(executors=[executor], run_dir=run_dir, strategy="simple",
+                  strategy_period=STRATEGY_PERIOD, max_idletime=3600,
                   initialize_logging=True)

@@ -41,4 +41,5 @@ def static_blocks_config(site: Site, *, nodes_per_block: int, blocks: int = 1, w
         heartbeat_period=min(res.heartbeat_period, threshold - 1),
         block_error_handler=res.block_error_handler(),
     )
-    return Config(executors=[executor], run_dir=run_dir, strategy="simple", strategy_period=STRATEGY_PERIOD, max_idletime=3600)
+    return Config(executors=[executor], run_dir=run_dir, strategy="simple",
+                  strategy_period=STRATEGY_PERIOD, max_idletime=3600)
