@@ -9,7 +9,7 @@
 #   PREFIX/fluxmpi-env.sh     the env file workers source (fluxmpi/spackenv.py finds it here)
 #   PREFIX/.fluxmpi-prefix    the absolute path a tarball of PREFIX was packed at
 
-FM_SPACK_VERSION=v1.2.2
+FM_SPACK_VERSION=v1.1.0
 FM_SPACK_GIT_URL=https://github.com/spack/spack.git
 FM_PARSL_VERSION=2026.10.26
 FM_ENV_DIR_NAME='env'

@@ -12,7 +12,8 @@ Usage: $FM_PROG --prefix PREFIX (--mirror DIR | --tarball FILE) [--spack PATH] [
 From a build cache (--mirror DIR, made by spack-pack.sh --mirror; PREFIX may differ from the
 build's):
   1. install_scripts/spack-install.sh --prefix PREFIX      (only when PREFIX/spack is missing)
-  2. spack env create -d PREFIX/env DIR/$FM_LOCK_DIR_NAME/spack.lock   (the packed specs, same hashes)
+  2. spack env create --with-view PREFIX/env/view -d PREFIX/env DIR/$FM_LOCK_DIR_NAME/spack.lock
+     (the packed specs, same hashes)
   3. spack -e PREFIX/env mirror add --unsigned $FM_MIRROR_NAME DIR
   4. spack -e PREFIX/env install --use-buildcache only --fail-fast   (binaries only, no builds)
   5. spack env activate --sh -d PREFIX/env > PREFIX/env/activate.sh
@@ -105,7 +106,10 @@ redeploy_from_mirror() {
 	elif [ -e "$env_dir" ]; then
 		fm_die "$env_dir exists but was not made from $lock: remove it, or choose another prefix"
 	else
-		fm_run "$FM_SPACK" env create -d "$env_dir" "$lock"
+		# A manifest made from a lockfile says `view: true` (DIR/.spack-env/view); name the view
+		# PREFIX/env/view, where the venv and env file expect it. --with-view must precede -d:
+		# after the directory, argparse no longer takes the lockfile as the second positional.
+		fm_run "$FM_SPACK" env create --with-view "$env_dir/view" -d "$env_dir" "$lock"
 		fm_run_to "$stamp" sha256sum "$lock"
 	fi
 	if [ -x "$FM_SPACK" ] && "$FM_SPACK" -e "$env_dir" mirror list 2>/dev/null | grep -q "^${FM_MIRROR_NAME}[[:space:]]"; then

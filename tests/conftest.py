@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 from fluxmpi.cluster import ClusterLayout, LocalCluster  # noqa: E402
 from fluxmpi.cluster.preflight import missing_commands  # noqa: E402
 from fluxmpi.site import Site  # noqa: E402
+from spack_concretize import spack_unavailable_reason  # noqa: E402
 
 # The suite's own cluster: its own name, subnet and node names, so a user's cluster can stay up beside it.
 TEST_CLUSTER_NAME = os.environ.get("FLUXMPI_TEST_CLUSTER", "fxtest")
@@ -67,6 +68,7 @@ PARTS = {
     "flux": ("a working flux-core", flux_unavailable_reason),
     "flux_bindings": ("Flux's Python bindings", flux_bindings_unavailable_reason),
     "shellcheck": ("shellcheck", shellcheck_unavailable_reason),
+    "spack": ("a real Spack", spack_unavailable_reason),
 }
 
 

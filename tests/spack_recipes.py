@@ -22,9 +22,10 @@ from typing import Any, Iterator
 
 import yaml
 
-# Newest version each Spack recipe offers (spack/spack-packages, see spack/README.md).
+# Newest version each Spack recipe offers in the spack-packages release spack/repos.yaml pins
+# (v2026.06.0, read from its package.py files; tests/test_spack_concretize.py proves them).
 RECIPE_MAX_VERSIONS = {
-    "flux-core": "0.86.0",
+    "flux-core": "0.81.0",
     "flux-sched": "0.48.0",
     "flux-pmix": "0.7.0",
     "py-mpi4py": "4.1.1",
@@ -35,6 +36,8 @@ REQUIRED_ROOTS = ("flux-core", "flux-sched", "flux-pmix", "openmpi", "py-mpi4py"
 GENERIC_TARGETS = frozenset(
     {"x86_64", "x86_64_v2", "x86_64_v3", "x86_64_v4", "aarch64", "ppc64le", "riscv64"}
 )
+# The targets Spack gives detected externals: the only ones a hard `all: require` may name.
+TARGET_FAMILIES = frozenset({"x86_64", "aarch64", "ppc64le", "riscv64"})
 # Keys Spack reads in a packages:<name>:externals entry (the schema lets any key through).
 EXTERNAL_KEYS = frozenset({"spec", "prefix", "modules", "id", "extra_attributes"})
 PARSL_PIP_PIN = "parsl==2026.10.26"
@@ -370,15 +373,17 @@ def _rule_openmpi_pmi(recipe: _Recipe) -> Iterator[Problem]:
 
 
 def _rule_target(recipe: _Recipe) -> Iterator[Problem]:
-    uses = recipe.config.get("all", []) + [u for us in recipe.roots.values() for u in us]
-    targets = [(u.where, str(u.node.variants["target"])) for u in uses if "target" in u.node.variants]
-    required = [t for w, t in targets if w.startswith("spack.packages.all.require")]
-    if not required:
+    all_cfg = _packages(recipe).get("all")
+    preferred = all_cfg.get("target") if isinstance(all_cfg, dict) else None
+    if not preferred:
         yield _problem(
-            recipe, "spack.packages.all.require",
-            "no target requirement: add `packages: all: require: [target=x86_64_v3]` (a generic "
-            "target) so the binaries run on other instance types, not only the build host's CPU",
+            recipe, "spack.packages.all.target",
+            "no target preference: add `packages: all: target: [x86_64_v3]` (a generic target) so "
+            "the binaries run on other instance types, not only the build host's CPU",
         )
+    targets = [(f"spack.packages.all.target[{i}]", str(t)) for i, t in enumerate(preferred or [])]
+    uses = recipe.config.get("all", []) + [u for us in recipe.roots.values() for u in us]
+    targets += [(u.where, str(u.node.variants["target"])) for u in uses if "target" in u.node.variants]
     for where, target in targets:
         if target not in GENERIC_TARGETS:
             yield _problem(
@@ -386,6 +391,32 @@ def _rule_target(recipe: _Recipe) -> Iterator[Problem]:
                 f"target={target} is not a generic target: binaries would need that CPU; use one of "
                 f"{', '.join(sorted(GENERIC_TARGETS))} (x86_64_v3 covers every AVX2 instance type)",
             )
+        elif where.startswith("spack.packages.all.require") and target not in TARGET_FAMILIES:
+            yield _problem(
+                recipe, where,
+                f"`packages: all: require: target={target}` rules out every external (Spack detects "
+                f"Slurm, gcc and glibc as target={_family(target)}), so concretization fails with "
+                f"'Cannot select a single node_target': write it as the preference "
+                f"`packages: all: target: [{target}]`",
+            )
+
+
+def _family(target: str) -> str:
+    return target.split("_v")[0] if target.startswith("x86_64") else target
+
+
+def _rule_one_pmix(recipe: _Recipe) -> Iterator[Problem]:
+    # Open MPI 5 built by Spack bundles a PMIx of its own unless told not to; flux-pmix and the
+    # site's Slurm plugin would then use another one than the ranks.
+    if "openmpi" not in recipe.roots or not _openmpi_is_5(recipe) or _externals(recipe, "openmpi"):
+        return
+    internal = [u.node.variants.get("internal-pmix") for u in recipe.uses("openmpi")]
+    if False not in internal:
+        yield _problem(
+            recipe, "spack.packages.openmpi.require",
+            "nothing keeps Open MPI 5 off its bundled PMIx (+internal-pmix): add "
+            "`packages: openmpi: require: ['~internal-pmix']` so Open MPI and flux-pmix share one PMIx",
+        )
 
 
 def _rule_roots_and_pins(recipe: _Recipe) -> Iterator[Problem]:
@@ -477,7 +508,7 @@ def _rule_env_settings(recipe: _Recipe) -> Iterator[Problem]:
 
 SPACK_RULES = (
     _rule_roots_and_pins, _rule_target, _rule_openmpi_pmi, _rule_no_parsl, _rule_flux_sched_gcc,
-    _rule_flux_pmix, _rule_slurm_external, _rule_env_settings, _rule_externals,
+    _rule_flux_pmix, _rule_one_pmix, _rule_slurm_external, _rule_env_settings, _rule_externals,
 )
 PACKAGES_RULES = (_rule_openmpi_pmi, _rule_externals)
 

@@ -100,7 +100,7 @@ def test_install_dry_run_git(tmp_path, prefix):
     lines = plan(run("spack-install.sh", "--prefix", prefix, "--dry-run"))
     assert lines == [
         f"+ mkdir -p {prefix}",
-        f"+ git clone --depth=2 --branch=v1.2.2 https://github.com/spack/spack.git {prefix}/spack",
+        f"+ git clone --depth=2 --branch=v1.1.0 https://github.com/spack/spack.git {prefix}/spack",
         f"+ cp {REPO}/spack/repos.yaml {prefix}/spack/etc/spack/repos.yaml",
         f"+ {prefix}/spack/bin/spack bootstrap now",
     ]
@@ -129,18 +129,18 @@ def fake_spack(prefix: Path, version: str) -> Path:
 
 
 def test_install_skips_same_version_and_refuses_another(tmp_path, prefix):
-    fake_spack(prefix, "1.2.2")
+    fake_spack(prefix, "1.1.0")
     before = tree(tmp_path)
     proc = run("spack-install.sh", "--prefix", prefix, "--dry-run")
-    assert "skip: Spack 1.2.2 is already installed" in proc.stderr
+    assert "skip: Spack 1.1.0 is already installed" in proc.stderr
     assert not any("git clone" in line for line in plan(proc))
     assert tree(tmp_path) == before
 
     other = tmp_path / "other"
-    fake_spack(other, "1.1.0")
+    fake_spack(other, "1.0.2")
     proc = run("spack-install.sh", "--prefix", other, "--dry-run")
     assert proc.returncode == 1
-    assert f"{other}/spack holds Spack 1.1.0, not 1.2.2" in proc.stderr
+    assert f"{other}/spack holds Spack 1.0.2, not 1.1.0" in proc.stderr
 
 
 def test_env_install_dry_run(tmp_path, prefix):
@@ -197,9 +197,9 @@ def test_redeploy_dry_run_from_mirror(tmp_path, prefix):
     spack = f"{prefix}/spack/bin/spack"
     lines = plan(proc)
     assert lines[0] == f"+ {SCRIPTS_DIR}/spack-install.sh --prefix {prefix}"
-    assert f"+ git clone --depth=2 --branch=v1.2.2 https://github.com/spack/spack.git {prefix}/spack" in lines
+    assert f"+ git clone --depth=2 --branch=v1.1.0 https://github.com/spack/spack.git {prefix}/spack" in lines
     assert lines[lines.index(f"+ {spack} bootstrap now") + 1:] == [
-        f"+ {spack} env create -d {prefix}/env {mirror}/fluxmpi-env/spack.lock",
+        f"+ {spack} env create --with-view {prefix}/env/view -d {prefix}/env {mirror}/fluxmpi-env/spack.lock",
         f"+ sha256sum {mirror}/fluxmpi-env/spack.lock > {prefix}/env/.fluxmpi-source-lock.sha256",
         f"+ {spack} -e {prefix}/env mirror add --unsigned fluxmpi-buildcache {mirror}",
         f"+ {spack} -e {prefix}/env install --use-buildcache only --fail-fast",
