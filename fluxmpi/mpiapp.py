@@ -78,8 +78,13 @@ def run_mpi_app(call: dict, *args: Any, parsl_resource_specification: dict | Non
 
 
 def command_argv(cmd: MPICommand, call: dict) -> list[str]:
-    """The argv each rank runs: the user's program, behind the rank wrapper when placement is recorded."""
+    """The argv each rank runs: the user's program (inside the spec's container, if it has one), behind the rank
+    wrapper when placement is recorded. The wrapper stays on the host, outside the image (fluxmpi.container)."""
     argv = [str(a) for a in cmd.argv]
+    container = call["spec"].get("container") if isinstance(call.get("spec"), dict) else None
+    if container:
+        from fluxmpi.container import Container
+        argv = Container.from_dict(container).argv(argv, workdir=cmd.cwd or os.getcwd())
     if call.get("record_dir"):
         from fluxmpi.rank_wrapper import wrap
         argv = wrap(argv, call["task"], call["record_dir"])

@@ -34,6 +34,10 @@ class Site:
     env: dict = field(default_factory=dict)  # variables the Parsl process and the blocks need
     worker_init: str = ""            # shell lines run at the top of every block
     ssh: str | None = None           # an executable that reaches compute nodes (Flux path)
+    # Directories a container's ranks must see besides their own: where slurmd's PMIx server keeps the
+    # files its clients read (SlurmdSpoolDir), which `srun --mpi=pmix` ranks inside an image need. On the
+    # local cluster its whole state directory: binding only the spool part of it was measured not to be enough.
+    container_binds: tuple[str, ...] = ()
 
     def apply_env(self) -> None:
         """Export the site's variables into this process, so Parsl's sbatch and its blocks inherit them."""
@@ -44,7 +48,7 @@ class Site:
         lay = cluster.layout
         return cls(name=f"local:{lay.name}", partition=lay.partition, nodes=lay.nodes,
                    cores_per_node=lay.cpus_per_node, address=lay.login_address, env=cluster.env(),
-                   ssh=str(lay.ssh_wrapper))
+                   ssh=str(lay.ssh_wrapper), container_binds=(str(lay.state_dir),))
 
     @classmethod
     def from_slurm(cls, partition: str | None = None, address: str | None = None,
@@ -76,7 +80,27 @@ class Site:
         cores = int(chosen[2].rstrip("+"))
         gpus = _gpus_from_gres(chosen[3])
         return cls(name=f"slurm:{name}", partition=name, nodes=nodes, cores_per_node=cores, gpus_per_node=gpus,
-                   address=address, worker_init=worker_init)
+                   address=address, worker_init=worker_init, container_binds=_slurmd_spool_root(timeout))
+
+
+def _slurmd_spool_root(timeout: float) -> tuple[str, ...]:
+    """SlurmdSpoolDir up to its first per-node pattern (%n, %h): one directory that holds every node's."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logger.warning("scontrol show config failed (%s): containers get no PMIx directory bound", err)
+        return ()
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "SlurmdSpoolDir" and value.strip().startswith("/"):
+            return (spool_root(value.strip()),)
+    return ()
+
+
+def spool_root(value: str) -> str:
+    """/var/spool/slurmd/%n -> /var/spool/slurmd; /var/spool/slurmd-%n -> /var/spool; a plain path as it is."""
+    head = value.split("%", 1)[0]
+    return head.rstrip("/") if "%" not in value or head.endswith("/") else os.path.dirname(head)
 
 
 def _gpus_from_gres(gres: str) -> int:

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+from .container import Container, ContainerError
 from .errors import FluxmpiError
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,21 @@ def _walltime_string_seconds(value: str) -> int:
     return fields[0] * 3600 + fields[1] * 60 + fields[2]  # HH:MM:SS
 
 
+def _container(value: Any) -> Container | None:
+    """A Container from a Container, 'RUNTIME:IMAGE' or a dict (task files); paths are checked when given as text."""
+    try:
+        if value is None or isinstance(value, Container):
+            return value
+        if isinstance(value, str):
+            return Container.parse(value)
+        if isinstance(value, Mapping):
+            return Container.from_dict(value, check_paths=True)
+    except ContainerError as err:
+        raise SpecError(str(err)) from err
+    raise SpecError(f"container={value!r} is not a container: give 'RUNTIME:IMAGE', a dict with runtime and image, "
+                    "or a fluxmpi.Container")
+
+
 def format_clock(seconds: int) -> str:
     """[D-]HH:MM:SS, the form Slurm's --time accepts for any length."""
     days, rest = divmod(seconds, 86400)
@@ -164,6 +180,7 @@ class MPITaskSpec:
     gpus_per_rank: int = 0
     exclusive: bool = True
     walltime: int | None = None
+    container: Container | None = None   # the image each rank runs in (fluxmpi.container)
 
     def __post_init__(self) -> None:
         # Strict: the constructor takes typed values only; strings go through build().
@@ -183,6 +200,9 @@ class MPITaskSpec:
                 raise _bad_walltime(self.walltime, "is not whole seconds here (MPITaskSpec.build parses strings)")
             if self.walltime <= 0:
                 raise _bad_walltime(self.walltime, "is not a positive duration")
+        if self.container is not None and not isinstance(self.container, Container):
+            raise SpecError(f"container={self.container!r} is not a fluxmpi.Container: build one with "
+                            "Container.build(runtime, image) (MPITaskSpec.build also takes 'RUNTIME:IMAGE')")
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -208,6 +228,7 @@ class MPITaskSpec:
         gpus_per_rank: Any = 0,
         exclusive: Any = True,
         walltime: Any = None,
+        container: Any = None,
     ) -> "MPITaskSpec":
         """Infer the missing one of nodes / ranks_per_node / ranks and validate everything.
 
@@ -254,12 +275,17 @@ class MPITaskSpec:
             gpus_per_rank=_whole("gpus_per_rank", gpus_per_rank, 0),
             exclusive=_flag("exclusive", exclusive),
             walltime=parse_walltime(walltime),
+            container=_container(container),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `ranks` is included for readers and checked on the way back in."""
         data = asdict(self)
         data["ranks"] = self.ranks
+        if self.container is None:
+            del data["container"]       # absent rather than null: specs without one read as before
+        else:
+            data["container"] = self.container.to_dict()
         return data
 
     @classmethod
@@ -267,7 +293,8 @@ class MPITaskSpec:
         """Inverse of to_dict; also takes hand-written dicts (strings, any two sizes). Unknown keys are errors."""
         if not isinstance(data, Mapping):
             raise SpecError(f"task spec {data!r} is not a mapping: give a dict like {{'nodes': 2, 'ranks_per_node': 4}}")
-        known = ("nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "exclusive", "walltime")
+        known = ("nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "exclusive", "walltime",
+                 "container")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise SpecError(f"task spec has unknown key(s) {unknown}: use only {list(known)}")
@@ -283,6 +310,8 @@ class MPITaskSpec:
         parts.append("exclusive" if self.exclusive else "shared")
         if self.walltime is not None:
             parts.append(_short_clock(self.walltime))
+        if self.container is not None:
+            parts.append(f"in {self.container}")
         return f"{self.nodes}x{self.ranks_per_node} ({', '.join(parts)})"
 
     # ---- does it fit where it will run ---------------------------------------------------

@@ -22,6 +22,7 @@ Format (YAML; JSON is the same structure)::
         walltime: 600                          # the launcher's limit: seconds, or a Slurm form ("10:00", "1-00")
         timeout: 900                           # fluxmpi's own limit for the task, in seconds (or "15m")
         env: {FOO: bar}                        # merged over defaults.env, the task's value winning
+        container: charliecloud:/var/tmp/img   # RUNTIME:IMAGE, or {runtime:, image:, binds: [...], env:, options:}
         cwd: runs/member-01                    # kept as written
         repeats: 3                             # runs member-01.0, member-01.1, member-01.2
 
@@ -81,7 +82,8 @@ from .spec import MPITaskSpec, SpecError, parse_walltime
 logger = logging.getLogger(__name__)
 
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv"}
-SPEC_KEYS = ("nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "exclusive", "walltime")
+SPEC_KEYS = ("nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "exclusive", "walltime",
+             "container")
 SIZE_KEYS = SPEC_KEYS[:3]
 TASK_KEYS = ("name", "command") + SPEC_KEYS + ("env", "cwd", "timeout", "repeats")
 DEFAULT_KEYS = tuple(k for k in TASK_KEYS if k != "name")
@@ -105,7 +107,7 @@ MAX_NAME_LENGTH = 200  # leaves room under the usual 255-byte file-name limit fo
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT_RE = re.compile(r"[+-]?\d+")
-_NUMERIC_CSV_KEYS = frozenset(SPEC_KEYS) - {"exclusive"} | {"repeats"}
+_NUMERIC_CSV_KEYS = frozenset(SPEC_KEYS) - {"exclusive", "container"} | {"repeats"}
 
 
 class TaskFileError(SpecError):

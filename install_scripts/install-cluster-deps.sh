@@ -5,8 +5,9 @@ set -euo pipefail
 
 PACKAGES=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev mpich libmpich-dev
           iproute2 openssh-server openssh-client util-linux gcc make)
-# What the test suite checks with, beyond the cluster itself (--test).
-TEST_PACKAGES=(shellcheck)
+# What the test suite checks with, beyond the cluster itself (--test): shellcheck, and Charliecloud with
+# mmdebstrap, which build and run the image the container tests use.
+TEST_PACKAGES=(shellcheck charliecloud-runtime mmdebstrap)
 
 usage() {
   cat <<USAGE

@@ -155,7 +155,14 @@ fm_write_activate_script() {
 		fm_skip "$activate is newer than $lock"
 		return 0
 	fi
-	fm_run_to "$activate" env -i "HOME=$HOME" "PATH=$FM_CLEAN_PATH" "$FM_SPACK" env activate --sh -d "$env_dir"
+	# A clean environment, so the activation records only the view, but Spack's own configuration
+	# variables kept: without them Spack reads another configuration (and, offline, a builtin
+	# repository it cannot clone), and the activation loses the packages' run-time variables.
+	local keep=() var
+	for var in SPACK_USER_CONFIG_PATH SPACK_SYSTEM_CONFIG_PATH SPACK_USER_CACHE_PATH SPACK_DISABLE_LOCAL_CONFIG; do
+		[ -n "${!var:-}" ] && keep+=("$var=${!var}")
+	done
+	fm_run_to "$activate" env -i "HOME=$HOME" "PATH=$FM_CLEAN_PATH" "${keep[@]}" "$FM_SPACK" env activate --sh -d "$env_dir"
 }
 
 # PREFIX/parsl-venv from the environment's python, with parsl pinned (Spack's py-parsl is years old).

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
 from fluxmpi.cluster import ClusterLayout, LocalCluster  # noqa: E402
 from fluxmpi.cluster.preflight import missing_commands  # noqa: E402
 from fluxmpi.site import Site  # noqa: E402
-from spack_concretize import spack_unavailable_reason  # noqa: E402
+from spack_concretize import PrivateSpack, builtin_repo_dir, spack_executable, spack_unavailable_reason  # noqa: E402
 
 # The suite's own cluster: its own name, subnet and node names, so a user's cluster can stay up beside it.
 TEST_CLUSTER_NAME = os.environ.get("FLUXMPI_TEST_CLUSTER", "fxtest")
@@ -62,6 +62,13 @@ def shellcheck_unavailable_reason() -> str | None:
     return None
 
 
+def charliecloud_unavailable_reason() -> str | None:
+    missing = [c for c in ("ch-run", "mmdebstrap") if shutil.which(c) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed: run install_scripts/install.sh --test"
+    return None
+
+
 # marker -> what it needs -> why that is absent here (None: present)
 PARTS = {
     "cluster": ("the local multi-node cluster", cluster_unavailable_reason),
@@ -69,6 +76,7 @@ PARTS = {
     "flux_bindings": ("Flux's Python bindings", flux_bindings_unavailable_reason),
     "shellcheck": ("shellcheck", shellcheck_unavailable_reason),
     "spack": ("a real Spack", spack_unavailable_reason),
+    "charliecloud": ("Charliecloud and mmdebstrap", charliecloud_unavailable_reason),
 }
 
 
@@ -137,3 +145,14 @@ def c_binary(tmp_path_factory):
     if shutil.which("mpicc") is None:
         pytest.skip("Open MPI's mpicc not installed: run install_scripts/install-cluster-deps.sh")
     return compile_c_app(tmp_path_factory.mktemp("bin"), mpicc="mpicc")
+
+
+@pytest.fixture(scope="session")
+def private_spack(tmp_path_factory):
+    """The real Spack ($FLUXMPI_SPACK) with every configuration scope and cache private to this session."""
+    reason = part_missing("spack")
+    if reason:
+        pytest.skip(reason)
+    spack = PrivateSpack(spack_executable(), builtin_repo_dir(), tmp_path_factory.mktemp("spack-home"))
+    spack.declare_host_gcc()
+    return spack

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 import spack_recipes
-from spack_concretize import PrivateSpack, builtin_repo_dir, spack_executable
 
 pytestmark = pytest.mark.spack
 
@@ -22,11 +21,9 @@ MANIFEST = REPO / "spack" / "spack.yaml"
 EXAMPLES = sorted((REPO / "spack" / "examples").glob("packages-*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def spack(tmp_path_factory):
-    private = PrivateSpack(spack_executable(), builtin_repo_dir(), tmp_path_factory.mktemp("spack-home"))
-    private.declare_host_gcc()
-    return private
+@pytest.fixture
+def spack(private_spack):
+    return private_spack
 
 
 def _mutated_manifest(tmp_path, mutate) -> Path:
@@ -106,3 +103,15 @@ def test_a_pmix_older_than_open_mpi_needs_fails_instead_of_a_second_pmix(spack, 
     result, output = spack.concretize(MANIFEST, site, tmp_path / "run")
     assert result is None
     assert "pmix@4.2.4:" in output
+
+
+def test_open_mpi_5_with_pmi_fails(spack, tmp_path):
+    # +pmi (Slurm's PMI-1/2) exists only for openmpi@1.5.5:4; Open MPI 5 speaks PMIx only.
+    def with_pmi(env):
+        env["specs"] = ["openmpi@5.0.8 schedulers=slurm fabrics=ofi +pmi" if s.startswith("openmpi") else s
+                        for s in env["specs"]]
+
+    manifest = _mutated_manifest(tmp_path, with_pmi)
+    result, output = spack.concretize(manifest, EXAMPLES[0], tmp_path / "run")
+    assert result is None
+    assert "pmi" in output and "openmpi" in output

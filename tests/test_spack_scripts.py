@@ -1,7 +1,8 @@
 """install_scripts/: syntax, shellcheck, --help, exact --dry-run plans, refusals, the tarball route.
 
-Spack is not installed here, so real Spack steps are exercised only as --dry-run plans; the
-tarball route (tar + env file writer) needs no Spack and runs for real.
+Here the Spack steps are exact --dry-run plans (no Spack needed); the tarball route (tar + env
+file writer) needs no Spack and runs for real. tests/test_spack_scripts_real.py runs the build
+cache route with a real Spack where one is present.
 """
 
 import os
@@ -25,7 +26,8 @@ CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def run(script, *args, env=None):
-    full_env = {**os.environ, **(env or {})}
+    # The caller's Spack configuration variables would change the printed plans.
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPACK_")}, **(env or {})}
     return subprocess.run(["bash", str(SCRIPTS_DIR / script), *map(str, args)],
                           capture_output=True, text=True, timeout=60, env=full_env)
 

@@ -18,6 +18,7 @@ from .. import slurm, spackenv, taskfile
 from .. import warm as holds
 from ..launch.paths import PATHS
 from ..launch.resilience import Resilience
+from ..container import ContainerError
 from ..mpi_apps import APPS, FAIL_MODES
 from ..mpiapp import MPICommand
 from ..rankfault import RankFault
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 @click.option("-c", "--cores-per-rank", default="1", show_default=True)
 @click.option("--gpus-per-rank", default="0", show_default=True)
 @click.option("--repeats", "-K", type=int, default=1, show_default=True, help="Copies of the task run concurrently.")
+@click.option("--container", default=None, metavar="RUNTIME:IMAGE",
+              help="Run each rank of COMMAND in this image (apptainer, singularity, shifter, podman-hpc, podman, "
+                   "charliecloud), e.g. charliecloud:/var/tmp/img; see fluxmpi.container.")
 @click.option("--app", type=click.Choice(APPS), default="c", show_default=True)
 @click.option("--sleep", type=float, default=None, help="Seconds each rank sleeps after MPI_Init.")
 @click.option("--busy", type=float, default=None, help="Seconds each rank spins after MPI_Init.")
@@ -84,8 +88,8 @@ logger = logging.getLogger(__name__)
                    "blocks are submitted so they land on warm nodes (elastic clusters; docs/operations.md).")
 @click.option("--warm-for", default="10m", show_default=True,
               help="With --warm: the longest the hold may last (90s, 10m, HH:MM:SS); it ends sooner at the hand-over.")
-def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, app, sleep, busy, cluster,
-        cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
+def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, container, app,
+        sleep, busy, cluster, cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
         run_timeout, resume, retries, heartbeat_period, heartbeat_threshold, status_period, max_block_failures,
         block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once, warm, warm_for) -> None:
     """Run MPI tasks concurrently and check where every rank ran: --repeats copies of COMMAND (after `--`), the
@@ -106,10 +110,11 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
             raise SpecError(f"--{bundled_only[0].replace('_', '-')} is for the bundled app; a COMMAND or --tasks "
                             f"runs your own program as it is")
         if tasks_file:
-            sized = sorted(given & {"nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "repeats"})
+            sized = sorted(given & {"nodes", "ranks_per_node", "ranks", "cores_per_rank", "gpus_per_rank", "repeats",
+                                    "container"})
             if sized:
                 raise SpecError(f"--{sized[0].replace('_', '-')} does not go with --tasks: each task of the file "
-                                f"gives its own size (and `repeats`)")
+                                f"gives its own size (and `repeats`, `container`)")
             entries = taskfile.load_tasks(tasks_file)       # the whole file checked before anything else
             specs = [e.spec for e in entries]
             names = [e.name for e in entries]
@@ -118,8 +123,10 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
             timeouts = [e.timeout for e in entries]
             spec = max(specs, key=lambda s: s.nodes)
         else:
+            if container and not command:
+                raise SpecError("--container wraps your COMMAND (after `--`); the bundled app runs on the host")
             spec = MPITaskSpec.build(nodes=nodes, ranks_per_node=ranks_per_node, ranks=ranks,
-                                     cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank)
+                                     cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank, container=container)
             specs = [spec] * repeats
             if command:
                 commands = [MPICommand(MPICommand.of(list(command), where="COMMAND").argv, cwd=os.getcwd())] * repeats
@@ -154,7 +161,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
             env_path = spackenv.find_env_file(env_file)   # not `path`: that names the launch path
             spackenv.validate_env_file(env_path)
             worker_init = spackenv.worker_init_line(env_path)
-    except (SpecError, spackenv.EnvFileError, holds.WarmError, slurm.DurationError) as err:
+    except (SpecError, ContainerError, spackenv.EnvFileError, holds.WarmError, slurm.DurationError) as err:
         fail(str(err), code=2)
     note = lambda m: click.echo(m, err=True)  # noqa: E731
     site_open = False
@@ -200,7 +207,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
         fail(f"warm hold: {err}")
     except taskfile.TaskFileError as err:
         fail(str(err), code=2)
-    except (SpecError, SiteError, RunError) as err:
+    except (SpecError, ContainerError, SiteError, RunError) as err:
         if isinstance(err, SiteError) and cluster == "slurm" and not site_open:
             # Name the Slurm that was asked: the config the environment points at.
             conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")

@@ -38,6 +38,13 @@ class FluxInstall:
     library_version: str | None = None   # libflux-core the bindings loaded (None: not checked)
     bindings_version: str | None = None  # flux-python package release (None: bindings from flux-core itself)
 
+    @property
+    def library_dir(self) -> str:
+        """flux-core's lib/: its flux/libpmi.so, which Open MPI 4's flux component dlopens
+        (FLUX_PMI_LIBRARY_PATH), and the libflux-* it links. Ranks inside a container must see it (the
+        image then needs libjansson, which libpmi.so links too)."""
+        return str(Path(self.flux).resolve().parent.parent / "lib")
+
 
 def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
