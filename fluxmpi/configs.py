@@ -87,6 +87,10 @@ def config(path: str, site: Site, **options: Any) -> Config:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise SpecError(f"retries={retries!r} must be a whole number of at least 0")
     built.retries = retries
+    from .container import site_binds
+    binds = site_binds(site, path)
+    for ex in built.executors:     # what @mpi_app tasks in a container bind in (fluxmpi.mpiapp)
+        ex.fluxmpi_container_binds = binds
     logger.info("config for path %s on %s: %s", path, site.name, [ex.label for ex in built.executors])
     return built
 

@@ -241,3 +241,14 @@ def _charliecloud(c: Container, binds: list[Bind], workdir: str | None, program:
 
 _COMPOSERS = {"apptainer": _apptainer, "singularity": _apptainer, "shifter": _shifter, "podman-hpc": _podman,
               "podman": _podman, "charliecloud": _charliecloud}
+
+
+def site_binds(site: Any, path: str) -> tuple[str, ...]:
+    """What a container's ranks must see of the host on a launch path: the site's directories (slurmd's PMIx
+    files, fluxmpi.site.Site.container_binds) and, on the Flux paths, flux-core's libraries, whose PMI library
+    Open MPI 4 inside the image dlopens."""
+    binds = tuple(getattr(site, "container_binds", ()))
+    if path in ("flux", "flux-jobs"):
+        from .launch.flux.install import check_flux
+        binds += (check_flux().library_dir,)
+    return binds

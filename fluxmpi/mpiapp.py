@@ -84,7 +84,8 @@ def command_argv(cmd: MPICommand, call: dict) -> list[str]:
     container = call["spec"].get("container") if isinstance(call.get("spec"), dict) else None
     if container:
         from fluxmpi.container import Container
-        argv = Container.from_dict(container).argv(argv, workdir=cmd.cwd or os.getcwd())
+        argv = Container.from_dict(container).argv(argv, workdir=cmd.cwd or os.getcwd(),
+                                                   site_binds=call.get("site_binds", ()))
     if call.get("record_dir"):
         from fluxmpi.rank_wrapper import wrap
         argv = wrap(argv, call["task"], call["record_dir"])
@@ -145,6 +146,7 @@ class MPIApp:
         base = Path(dfk.run_dir).resolve() / "fluxmpi"
         call = {"fn": self.fn, "spec": spec.to_dict(), "launcher": ex.fluxmpi_launcher, "task": task,
                 "timeout": timeout or self.timeout, "init": getattr(ex, "fluxmpi_task_init", ""),
+                "site_binds": list(getattr(ex, "fluxmpi_container_binds", ())),
                 "out_dir": str(base / "tasks"), "record_dir": str(base / "records") if self.placement else None}
         rs = ex.fluxmpi_resources(spec)
         options = {"parsl_resource_specification": rs} if rs else {}

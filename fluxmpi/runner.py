@@ -33,6 +33,7 @@ from .launch.gate import check_policy
 from .launch.paths import LaunchPath, get_path
 from .launch.resilience import Resilience
 from .launch.watch import ACTIVE_STATES, BlockWatch
+from .container import site_binds
 from .mpi_apps import TASK_ID_RE, app_command
 from .mpiapp import MPICommand
 from .rank_wrapper import wrap
@@ -268,16 +269,6 @@ def check_app_binary(app: str, app_binary) -> Path | None:
     return path
 
 
-def container_site_binds(site: Site, path: str) -> tuple[str, ...]:
-    """What a container's ranks must see of the host on this path: the site's (slurmd's PMIx files), and on the
-    Flux paths flux-core's libraries, whose PMI library Open MPI 4 inside the image dlopens."""
-    binds = tuple(site.container_binds)
-    if path in ("flux", "flux-jobs"):
-        from .launch.flux.install import check_flux
-        binds += (check_flux().library_dir,)
-    return binds
-
-
 def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, app: str = "c",
               workdir: Path | None = None, sleep: float | None = None, busy: float | None = None,
               nodes_per_block: int | None = None, walltime: int | str = 1800, worker_init: str = "",
@@ -334,7 +325,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
         # A container task starts in its cwd, else the run's workdir: the runtime must be told where (ch-run and
         # podman would start in /). The wrapper stays outside the image, on the host (fluxmpi.container).
         cwds = [c.cwd or (str(workdir) if spec.container else None) for c, spec in zip(commands, specs)]
-        binds = container_site_binds(site, lp.name) if any(s.container for s in specs) else ()
+        binds = site_binds(site, lp.name) if any(s.container for s in specs) else ()
         app_argvs = [wrap(spec.container.argv(argv, workdir=cwd, site_binds=binds)
                           if spec.container else argv, tid, records_dir)
                      for argv, tid, spec, cwd in zip(user_argvs, task_ids, specs, cwds)]

@@ -6,13 +6,18 @@ line is the path's own (srun, mpirun, a Flux job) with ch-run after it, and plac
 wrapper, which stays on the host.
 """
 
+import json
 import re
 import secrets
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from fluxmpi import slurm
+from conftest import REPO
+
+from fluxmpi import placement, slurm
 from fluxmpi.container import ContainerError
 from fluxmpi.mpiapp import MPICommand
 from fluxmpi.runner import run_tasks
@@ -25,11 +30,14 @@ IMAGE_BUILD_TIMEOUT_S = 600
 # libpmi.so, which that Open MPI dlopens under Flux, links it.
 IMAGE_PACKAGES = "openmpi-bin,python3-mpi4py,libjansson4"
 
+# One write per line: on the flux path every rank appends to the task's file itself, and print() may split a
+# line into two writes that another rank's line lands between.
 RANK_REPORT = """
-import socket
+import os, socket
 from mpi4py import MPI
 me = open("/etc/fluxmpi-image-id").read().strip()
-print(f"rank {MPI.COMM_WORLD.rank} of {MPI.COMM_WORLD.size} on {socket.gethostname()} image {me}", flush=True)
+line = f"rank {MPI.COMM_WORLD.rank} of {MPI.COMM_WORLD.size} on {socket.gethostname()} image {me}\\n"
+os.write(1, line.encode())
 """
 
 
@@ -55,7 +63,8 @@ def image(tmp_path_factory, cluster):
     return root, marker
 
 
-PATHS = ["htex", "htex-mpiexec", "static", pytest.param("flux-jobs", marks=pytest.mark.flux)]
+PATHS = ["htex", "htex-mpiexec", "static", pytest.param("flux", marks=pytest.mark.flux),
+         pytest.param("flux-jobs", marks=pytest.mark.flux)]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -74,8 +83,51 @@ def test_two_node_task_runs_inside_the_image(site, tmp_path, image, path):
     assert sorted(int(r) for r, _, _ in reports) == [0, 1, 2, 3], out
     assert {m for _, _, m in reports} == {marker}            # every rank read the image's file, not the host's
     hosts = {h for _, h, _ in reports}
-    assert hosts == set(result.tasks[0].result["nodes"]) and len(hosts) == 2
-    assert sum(h == sorted(hosts)[0] for _, h, _ in reports) == 2
+    assert len(hosts) == 2 and sum(h == sorted(hosts)[0] for _, h, _ in reports) == 2
+    # The wrapper's records (on the host) agree with what the ranks saw inside the image.
+    records = [r for r in placement.read_records(tmp_path / "run" / "records").records if r.task == "boxed"]
+    assert sorted((r.rank, r.host) for r in records) == sorted((int(r), h) for r, h, _ in reports)
+
+
+# A user's own workflow script: the @mpi_app is defined in __main__, so Parsl ships it by value.
+MPI_APP_SCRIPT = """
+import json, sys
+import parsl
+import fluxmpi
+
+@fluxmpi.mpi_app
+def report(script):
+    return ["python3", script]
+
+path, cluster, image, script, run_dir = sys.argv[1:6]
+with fluxmpi.open_site("local", need=2, name=cluster) as site:
+    dfk = parsl.load(fluxmpi.config(path, site=site, run_dir=run_dir, nodes_per_block=2))
+    try:
+        spec = fluxmpi.MPITaskSpec.build(nodes=2, ranks_per_node=2, container=f"charliecloud:{image}")
+        print(json.dumps(report(script, spec=spec, name="boxed").result(timeout=300)))
+        print(json.dumps({"records_dir": str(fluxmpi.mpiapp.records_dir(dfk))}))
+    finally:
+        dfk.cleanup()
+"""
+
+
+@pytest.mark.parametrize("path", ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux)])
+def test_an_mpi_app_with_a_container_spec_runs_inside_the_image(cluster, tmp_path, image, path):
+    root, marker = image
+    (tmp_path / "report.py").write_text(RANK_REPORT)
+    (tmp_path / "workflow.py").write_text(MPI_APP_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "workflow.py"), path, cluster.layout.name, str(root),
+                           str(tmp_path / "report.py"), str(tmp_path / "runinfo")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env={**cluster.environ(), "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result, where = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    out = Path(result["stdout"]).read_text()
+    reports = re.findall(r"rank (\d+) of 4 on (\S+) image (\w+)", out)
+    assert sorted(int(r) for r, _, _ in reports) == [0, 1, 2, 3], out
+    assert {m for _, _, m in reports} == {marker}
+    records = placement.read_records(where["records_dir"])
+    assert records.problems == [] and len(records.records) == 4
+    assert {r.host for r in records.records} == {h for _, h, _ in reports}
 
 
 def test_a_bind_target_the_image_lacks_is_refused_before_submission(cluster, site, tmp_path, image):
