@@ -3,7 +3,8 @@
 The public names, imported on first use (so `import fluxmpi` stays cheap):
 - `config(path, site=..., **options)`: a launch path's Parsl Config (fluxmpi.configs);
 - `mpi_app`, `MPICommand`: one app form on every path (fluxmpi.mpiapp); `MPITaskFailed` on failure;
-- `MPITaskSpec`: the task spec; `Site`, `open_site`: where to run.
+- `MPITaskSpec`: the task spec; `Container`: the image its ranks run in (fluxmpi.container);
+- `Site`, `open_site`: where to run.
 """
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ _PUBLIC = {
     "MPICommand": ("fluxmpi.mpiapp", "MPICommand"),
     "MPITaskFailed": ("fluxmpi.apps", "MPITaskFailed"),
     "MPITaskSpec": ("fluxmpi.spec", "MPITaskSpec"),
+    "Container": ("fluxmpi.container", "Container"),
     "Site": ("fluxmpi.site", "Site"),
     "open_site": ("fluxmpi.site", "open_site"),
 }

@@ -129,8 +129,14 @@ class Container:
     def all_binds(self, extra: Sequence[str] = ()) -> list[Bind]:
         """The user's binds, then `extra` directories (the task's workdir), then the host MPI if bind-host."""
         out = list(self.binds)
-        for d in (*extra, *(self.host_mpi_dirs if self.mpi == "bind-host" else ())):
-            if d and all(b.target != d for b in out) and not self._shared_already(d):
+        wanted = [d for d in (*extra, *(self.host_mpi_dirs if self.mpi == "bind-host" else ())) if d]
+        for d in wanted:
+            # Skip what is already visible: bound as such, under another directory bound at its own path, or
+            # (Charliecloud) under the /tmp it shares.
+            covered = any(b.target == d for b in out) or any(
+                o != d and d.startswith(o.rstrip("/") + "/") for o in wanted) or any(
+                b.source == b.target and d.startswith(b.target.rstrip("/") + "/") for b in out)
+            if not covered and not self._shared_already(d):
                 out.append(Bind(d, d))
         return out
 

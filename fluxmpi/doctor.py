@@ -24,11 +24,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import placement, spackenv
 from .cluster import LocalCluster
 from .cluster.processes import pids_with_args, terminate
+from .container import Container, ContainerError
 from .errors import FluxmpiError
 from .mpi_apps import CompileError, MpiAppError, app_command, compile_c_app
 
@@ -222,10 +223,33 @@ def check_env_file() -> Check:
     return Check("env file", OK, str(path), report.summary().splitlines()[1:])
 
 
+# Each container runtime's command and how it tells its version.
+RUNTIME_VERSION_ARGV = {"apptainer": ["apptainer", "--version"], "singularity": ["singularity", "--version"],
+                        "shifter": ["shifter", "--help"], "podman-hpc": ["podman-hpc", "--version"],
+                        "podman": ["podman", "--version"], "charliecloud": ["ch-run", "--version"]}
+
+
+def check_containers(env: dict | None = None) -> Check:
+    found, details = [], []
+    # ch-run will not even print its version without $USER (fluxmpi.container gives it one the same way).
+    with_user = {**(env or os.environ), "USER": getpass.getuser()}
+    for runtime, argv in RUNTIME_VERSION_ARGV.items():
+        answer = ask(argv, with_user)
+        if answer.rc is None:
+            continue
+        version = _first_line(answer.text) if answer.rc == 0 else f"does not answer (exit {answer.rc})"
+        found.append(runtime)
+        details.append(f"{runtime}: {version}")
+    if not found:
+        return Check("containers", SKIP, "no container runtime found (optional: tasks then run on the host)")
+    details.append("probe one image with: fluxmpi doctor --probe --image RUNTIME:IMAGE")
+    return Check("containers", OK, ", ".join(found), details)
+
+
 def run_checks(cluster: LocalCluster | None) -> list[Check]:
     env = cluster.environ() if cluster else None
     return [check_parsl(), check_flux(), check_openmpi(env), check_mpich(env), check_slurm(env),
-            check_ssh(cluster), check_env_file()]
+            check_ssh(cluster), check_env_file(), check_containers(env)]
 
 
 def render_checks(checks: list[Check]) -> str:
@@ -348,8 +372,12 @@ def _run_bounded(argv: list[str], env: dict, timeout: float) -> tuple[int | None
 
 
 def probe(cluster: LocalCluster, timeout: float = DEFAULT_PROBE_TIMEOUT, nodes: int = PROBE_NODES,
-          log: Callable[[str], None] | None = None) -> list[ProbeResult]:
-    """Run the tiny MPI job through every launcher with every MPI on `cluster`; each run bounded by `timeout`."""
+          log: Callable[[str], None] | None = None, images: Sequence[Container] = ()) -> list[ProbeResult]:
+    """Run the tiny MPI job through every launcher with every MPI on `cluster`; each run bounded by `timeout`.
+
+    images: also run it inside each of these (the host's Open MPI build of the app, in the image, through
+    `srun --mpi=pmix`): whether the image's runtime starts on the nodes and its MPI libraries talk to the
+    host's PMIx."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 5 <= timeout <= 3600:
         raise DoctorError(f"--timeout {timeout!r}: give seconds from 5 to 3600 for each probe")
     if isinstance(nodes, bool) or not isinstance(nodes, int) or not 2 <= nodes <= cluster.layout.nodes:
@@ -389,6 +417,11 @@ def probe(cluster: LocalCluster, timeout: float = DEFAULT_PROBE_TIMEOUT, nodes: 
                 results.append(ProbeResult(launcher.label, mpi.label, works, reason, seconds, shlex.join(argv)))
                 if log:
                     log(f"  {launcher.label} + {mpi.label}: {'works' if works else 'fails'} ({seconds:.1f}s)")
+        for image in images:
+            results.append(_probe_image(cluster, image, binaries.get("openmpi"), work, env, timeout, nodes))
+            if log:
+                r = results[-1]
+                log(f"  {r.launcher}: {'works' if r.works else 'fails'} ({r.seconds:.1f}s)")
     finally:
         # A launcher killed at its timeout can leave its job or helpers (hydra's mpiexec) behind.
         leftovers = subprocess.run(["squeue", "-h", "-n", PROBE_JOB_NAME, "-u", getpass.getuser(), "-o", "%i"],
@@ -398,6 +431,29 @@ def probe(cluster: LocalCluster, timeout: float = DEFAULT_PROBE_TIMEOUT, nodes: 
         terminate(pids_with_args(work), grace=5)
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def _probe_image(cluster: LocalCluster, image: Container, binary, work: Path, env: dict, timeout: float,
+                 nodes: int) -> ProbeResult:
+    label = f"{image.runtime} {image.image} (srun --mpi=pmix)"
+    if not isinstance(binary, Path):
+        return ProbeResult(label, "Open MPI", None, f"not compiled: {binary}")
+    if shutil.which(RUNTIME_VERSION_ARGV[image.runtime][0], path=env.get("PATH")) is None:
+        return ProbeResult(label, "Open MPI", None, f"{RUNTIME_VERSION_ARGV[image.runtime][0]} not installed")
+    app = app_command("c", task=f"probe-{image.runtime}", out_dir=None, c_binary=binary)
+    try:
+        inside = image.argv(app, workdir=str(work), site_binds=(str(cluster.layout.state_dir),))
+    except ContainerError as err:
+        return ProbeResult(label, "Open MPI", False, str(err))
+    argv = _srun("pmix")(nodes, inside, cluster)
+    start = time.monotonic()
+    rc, out, err = _run_bounded(argv, env, timeout)
+    seconds = time.monotonic() - start
+    if rc is None:
+        return ProbeResult(label, "Open MPI", False, f"did not finish within {timeout:.0f}s (killed)", seconds,
+                           shlex.join(argv))
+    works, reason = verdict(rc, out, err, nodes, nodes)
+    return ProbeResult(label, "Open MPI", works, reason, seconds, shlex.join(argv))
 
 
 def render_matrix(results: list[ProbeResult], cluster_name: str = "", nodes: int = PROBE_NODES) -> str:

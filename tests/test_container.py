@@ -166,3 +166,14 @@ tasks:
 ])
 def test_slurmd_spool_root_for_the_pmix_bind(value, root):
     assert spool_root(value) == root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "charliecloud:/x"], "--image goes with --probe"),
+    (["--probe", "--image", "docker:x"], "runtime 'docker' is not known"),
+])
+def test_doctor_refuses_a_bad_image_option_before_probing(args, message):
+    from click.testing import CliRunner
+    from fluxmpi.cli import main
+    result = CliRunner().invoke(main, ["doctor", "--cluster-name", "fxnever", *args])
+    assert result.exit_code == 2 and message in result.output, result.output

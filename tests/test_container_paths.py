@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from click.testing import CliRunner
 from conftest import REPO
 
 from fluxmpi import placement, slurm
+from fluxmpi.cli import main
 from fluxmpi.container import ContainerError
 from fluxmpi.mpiapp import MPICommand
 from fluxmpi.runner import run_tasks
@@ -138,3 +139,16 @@ def test_a_bind_target_the_image_lacks_is_refused_before_submission(cluster, sit
         run_tasks("htex", site, [spec], workdir=tmp_path / "run",
                   commands=[MPICommand(("true",), cwd="/var/lib/fluxmpi-not-in-image")], run_timeout=60)
     assert {job.job_id for job in slurm.jobs(env=cluster.environ())} == before
+
+
+def test_doctor_probes_an_image_and_names_why_another_fails(cluster, tmp_path, image):
+    root, _ = image
+    not_an_image = tmp_path / "empty"
+    not_an_image.mkdir()
+    result = CliRunner().invoke(main, ["doctor", "--probe", "--cluster-name", cluster.layout.name,
+                                       "--image", f"charliecloud:{root}", "--image", f"charliecloud:{not_an_image}"])
+    rows = {line.split("  ")[0]: line for line in result.output.splitlines() if line.startswith("charliecloud ")}
+    assert re.search(r"works \d", rows[f"charliecloud {root} (srun --mpi=pmix)"]), result.output
+    assert "FAILS" in rows[f"charliecloud {not_an_image} (srun --mpi=pmix)"], result.output
+    assert f"does not exist in the image {not_an_image}" in result.output
+    assert re.search(r"OK\s+containers\s.*charliecloud", result.output)

@@ -9,6 +9,7 @@ import click
 from .. import doctor as dr
 from ..cluster import ClusterError, LocalCluster
 from ..cluster.layout import DEFAULT_NAME
+from ..container import Container, ContainerError
 from .common import fail
 
 logger = logging.getLogger(__name__)
@@ -21,13 +22,22 @@ logger = logging.getLogger(__name__)
               help=f"Local cluster to check ssh on and to probe [{DEFAULT_NAME}, if it is up].")
 @click.option("--timeout", type=float, default=dr.DEFAULT_PROBE_TIMEOUT, show_default=True,
               help="Seconds each probe may take before it is killed.")
-def doctor_command(probe: bool, cluster_name: str | None, timeout: float) -> None:
+@click.option("--image", "images", multiple=True, metavar="RUNTIME:IMAGE",
+              help="With --probe: also run the probe job inside this image (repeatable).")
+def doctor_command(probe: bool, cluster_name: str | None, timeout: float, images: tuple[str, ...]) -> None:
     """Report Parsl, Flux, Open MPI and MPICH (with the PMI each speaks), Slurm's MPI plugins, ssh to the
-    nodes and the env file. With --probe, print a works/fails matrix of launchers x MPIs with the reasons.
+    nodes, the env file and the container runtimes found. With --probe, print a works/fails matrix of launchers x
+    MPIs with the reasons, and a row for each --image (its runtime on the nodes, its MPI against the host's PMIx).
 
     Exits 1 if a check failed (or, with --probe, if no launcher works with any MPI).
     """
     name = cluster_name or DEFAULT_NAME
+    if images and not probe:
+        fail("--image goes with --probe (it names an image to probe)", code=2)
+    try:
+        containers = [Container.parse(i) for i in images]
+    except ContainerError as err:
+        fail(str(err), code=2)
     try:
         cluster = LocalCluster.running(name)
     except ClusterError as err:
@@ -41,7 +51,7 @@ def doctor_command(probe: bool, cluster_name: str | None, timeout: float) -> Non
         click.echo("")
         click.echo(f"fluxmpi: probing launchers on cluster {name} (each bounded by {timeout:g}s)", err=True)
         try:
-            results = dr.probe(cluster, timeout=timeout, log=lambda m: click.echo(m, err=True))
+            results = dr.probe(cluster, timeout=timeout, log=lambda m: click.echo(m, err=True), images=containers)
         except dr.DoctorError as err:
             fail(str(err), code=2)
         click.echo(dr.render_matrix(results, name))
