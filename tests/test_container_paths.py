@@ -138,7 +138,8 @@ def test_a_bind_target_the_image_lacks_is_refused_before_submission(cluster, sit
     with pytest.raises(ContainerError, match=rf"mkdir -p {root}/var/lib/fluxmpi-not-in-image"):
         run_tasks("htex", site, [spec], workdir=tmp_path / "run",
                   commands=[MPICommand(("true",), cwd="/var/lib/fluxmpi-not-in-image")], run_timeout=60)
-    assert {job.job_id for job in slurm.jobs(env=cluster.environ())} == before
+    # No new job: jobs of earlier tests may age out of slurmctld meanwhile (MinJobAge), so not equality.
+    assert not {job.job_id for job in slurm.jobs(env=cluster.environ())} - before
 
 
 def test_doctor_probes_an_image_and_names_why_another_fails(cluster, tmp_path, image):

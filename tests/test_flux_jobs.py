@@ -387,7 +387,8 @@ def test_a_task_too_large_for_the_block_is_refused_before_submission(site, tmp_p
     before = {j.job_id for j in slurm.jobs(env=site.env)}
     with pytest.raises(SpecError, match="needs 3 nodes but the block has 2"):
         run_tasks("flux-jobs", site, [MPITaskSpec(nodes=3, ranks_per_node=1)], workdir=tmp_path, nodes_per_block=2)
-    assert {j.job_id for j in slurm.jobs(env=site.env)} == before, "a Slurm job was submitted for a refused task"
+    # No new job (earlier tests' jobs may age out of slurmctld meanwhile, so not equality).
+    assert not {j.job_id for j in slurm.jobs(env=site.env)} - before, "a Slurm job was submitted for a refused task"
     # The executor refuses it too, without a Flux job, if called directly with a task the block cannot hold.
     site.apply_env()
     dfk = parsl.load(flux_jobs_config(site, nodes_per_block=2, walltime=300, run_dir=str(tmp_path / "runinfo")))
