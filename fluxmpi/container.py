@@ -119,7 +119,7 @@ class Container:
 
     def check_paths(self) -> None:
         if self.runtime in PATH_IMAGES and not Path(self.image).exists():
-            raise ContainerError(f"container image {self.image} does not exist: give the path of the "
+            raise ContainerError(f"container image {self.image} does not exist: give the path of "
                                  f"{_image_hint(self.runtime)}, on a file system every node sees")
         for b in self.binds:
             if not Path(b.source).exists():
