@@ -32,6 +32,9 @@ class ContainerError(FluxmpiError, ValueError):
 
 
 RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "podman", "charliecloud")
+# The program each runtime is started with (what a node must have on PATH).
+COMMANDS = {"apptainer": "apptainer", "singularity": "singularity", "shifter": "shifter",
+            "podman-hpc": "podman-hpc", "podman": "podman", "charliecloud": "ch-run"}
 MPI_MODELS = ("hybrid", "bind-host")
 # Runtimes whose image is a path on the shared file system (checked before submission); the others take
 # an image name their own registry or image store resolves.

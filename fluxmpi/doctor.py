@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 from . import placement, spackenv
 from .cluster import LocalCluster
 from .cluster.processes import pids_with_args, terminate
+from .container import COMMANDS as container_commands
 from .container import Container, ContainerError
 from .errors import FluxmpiError
 from .mpi_apps import CompileError, MpiAppError, app_command, compile_c_app
@@ -224,9 +225,8 @@ def check_env_file() -> Check:
 
 
 # Each container runtime's command and how it tells its version.
-RUNTIME_VERSION_ARGV = {"apptainer": ["apptainer", "--version"], "singularity": ["singularity", "--version"],
-                        "shifter": ["shifter", "--help"], "podman-hpc": ["podman-hpc", "--version"],
-                        "podman": ["podman", "--version"], "charliecloud": ["ch-run", "--version"]}
+RUNTIME_VERSION_ARGV = {runtime: [command, "--help" if runtime == "shifter" else "--version"]
+                        for runtime, command in container_commands.items()}
 
 
 def check_containers(env: dict | None = None) -> Check:

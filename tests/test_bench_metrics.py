@@ -244,6 +244,13 @@ def test_paths_selection():
     assert parse_names("flux,bare-srun,htex") == ["bare-srun", "htex", "flux"]
     with pytest.raises(BenchError, match="'nope' not known|nope not known"):
         parse_names("htex,nope")
+    # The rows inside an image come with an image only.
+    assert not any(n.endswith("+ctr") for n in parse_names("all"))
+    assert parse_names("all", container=True) == [*parse_names("all")[:3], "htex+ctr", *parse_names("all")[3:9],
+                                                  "flux-jobs+ctr", "flux"]
+    with pytest.raises(BenchError, match="give --container RUNTIME:IMAGE"):
+        parse_names("htex+wrap,htex+ctr")
+    assert parse_names("htex+ctr,htex+wrap", container=True) == ["htex+wrap", "htex+ctr"]
     assert not_applicable_reason("static", Workload("m", "mixed", 4, 2)) == \
         "not applicable: mixed sizes (static blocks run one task size)"
     assert not_applicable_reason("static", Workload("u", "uniform", 4, 2)) is None
@@ -327,7 +334,10 @@ def test_cli_refuses_bad_input_before_any_cluster():
     for args, words in ((["--paths", "htex,bogus"], "bogus not known"),
                         (["--workload", "uniform", "--nodes", "9"], "--cluster-nodes 9"),
                         (["--workload", "full", "--sleep", "1"], "--sleep set the sizes"),
-                        (["--cluster-nodes", "0"], "--cluster-nodes 0")):
+                        (["--cluster-nodes", "0"], "--cluster-nodes 0"),
+                        (["--paths", "htex+ctr"], "give --container RUNTIME:IMAGE"),
+                        (["--container", "docker:ubuntu"], "runtime 'docker' is not known"),
+                        (["--container", "charliecloud:/nonexistent/img"], "/nonexistent/img does not exist")):
         result = runner.invoke(bench, args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith("fluxmpi: error: ") and words in result.output
@@ -359,3 +369,35 @@ def test_the_wrapper_cost_is_the_user_app_rows_launch_time_beyond_its_paths():
     text = "\n".join(report.render_wrapper_cost(entry))
     assert "| htex+wrap | 1.475 | 1.478 | 2.5 ms |" in text, text
     assert report.render_wrapper_cost({"runs": [run("htex", 1.4)]}) == []
+
+
+def test_the_image_cost_is_the_ranks_run_beyond_the_same_command_on_the_host():
+    """A +ctr row runs the +wrap row's command inside an image; the rank wrapper stays on the host and times the
+    runtime with the program, so the image's cost is the difference of the median runs, and it is counted into
+    the overhead the target compares (within 1.1x of the +wrap row's)."""
+    from fluxmpi.bench import report, targets
+    from fluxmpi.bench.driver import _compare_with_baselines
+
+    def run(name, run_median, overhead, baseline="bare-srun"):
+        return {"name": name, "kind": "path", "baseline": baseline, "status": "ok", "reason": "",
+                "summary": {"overhead_median": overhead, "run_median": run_median, "launch_to_done_median": None}}
+    entry = {"workload": {"name": "uniform", "tasks": 4, "sizes": [2] * 4},
+             "runs": [run("htex+wrap", 1.20, 0.40), run("htex+ctr", 1.23, 0.41),
+                      run("flux-jobs+wrap", 1.10, 0.20, "bare-flux"), run("flux-jobs+ctr", 1.19, 0.21, "bare-flux")]}
+    _compare_with_baselines(entry)
+    runs = {r["name"]: r["summary"] for r in entry["runs"]}
+    assert runs["htex+ctr"]["container_cost"] == pytest.approx(0.03)
+    assert runs["htex+ctr"]["overhead_with_image"] == pytest.approx(0.44)
+    assert runs["htex+ctr"]["container_overhead_ratio"] == pytest.approx(1.10)
+    assert runs["flux-jobs+ctr"]["container_overhead_ratio"] == pytest.approx(0.30 / 0.20)
+    assert "container_cost" not in runs["htex+wrap"]
+    text = "\n".join(report.render_container_cost(entry))
+    assert "| htex+ctr | 1.200 | 1.230 | 30.0 ms | 0.400 | 0.440 | 1.10x |" in text, text
+    met = {t["path"]: t["met"] for t in targets.evaluate({"workloads": [entry]}) if t["target"] == "container"}
+    assert met == {"htex+ctr": True, "flux-jobs+ctr": False}
+    # Without its +wrap row there is nothing to set the image against, and the target says why.
+    alone = {"workload": entry["workload"], "runs": [run("htex+ctr", 1.23, 0.41)]}
+    _compare_with_baselines(alone)
+    assert "container_cost" not in alone["runs"][0]["summary"]
+    (t,) = [t for t in targets.evaluate({"workloads": [alone]}) if t["target"] == "container"]
+    assert t["met"] is None and "+wrap row was not selected" in t["note"]

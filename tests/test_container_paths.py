@@ -153,3 +153,25 @@ def test_doctor_probes_an_image_and_names_why_another_fails(cluster, tmp_path, i
     assert "FAILS" in rows[f"charliecloud {not_an_image} (srun --mpi=pmix)"], result.output
     assert f"does not exist in the image {not_an_image}" in result.output
     assert re.search(r"OK\s+containers\s.*charliecloud", result.output)
+
+
+def test_the_bench_sets_the_image_against_the_same_command_on_the_host(site, tmp_path, image):
+    """`fluxmpi bench --container`: the +ctr row runs the +wrap row's tasks inside the image, with placement
+    checked, and the image's cost per task and the container target come out of the two rows."""
+    from fluxmpi.bench.driver import run_bench
+    from fluxmpi.bench.workload import Workload
+    from fluxmpi.container import Container
+
+    root, _ = image
+    doc = run_bench(site, [Workload("tiny", "uniform", tasks=2, nodes=2, seconds=0.1)], ["htex+wrap", "htex+ctr"],
+                    tmp_path / "out", progress=False, run_timeout=300, log=lambda m: None,
+                    container=Container.parse(f"charliecloud:{root}"))
+    runs = {r["name"]: r for r in doc["workloads"][0]["runs"]}
+    for name in ("htex+wrap", "htex+ctr"):
+        assert runs[name]["status"] == "ok" and runs[name]["placement_ok"], runs[name]["reason"]
+    boxed = runs["htex+ctr"]["summary"]
+    assert boxed["container_cost"] == pytest.approx(boxed["run_median"] - runs["htex+wrap"]["summary"]["run_median"])
+    assert doc["container"]["runtime"] == "charliecloud" and doc["container"]["image"] == str(root)
+    (target,) = [t for t in doc["targets"] if t["target"] == "container"]
+    assert target["path"] == "htex+ctr" and target["value"] == boxed["container_overhead_ratio"]
+    assert "The container (+ctr rows" in (tmp_path / "out" / "results.md").read_text()

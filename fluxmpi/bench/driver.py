@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from .. import warm as holds
+from ..container import COMMANDS, Container, ContainerError
 from ..errors import FluxmpiError
 from ..launch.paths import PATHS
 from ..mpi_apps import app_command, compile_c_app
@@ -47,12 +48,17 @@ BENCH_PATHS = ("htex", "htex-mpiexec", "static", "flux", "flux-jobs")
 # wrapper that records its placement, so the wrapper's cost shows against the path and its bare baseline.
 WRAP_SUFFIX = "+wrap"
 WRAPPED = ("htex" + WRAP_SUFFIX, "flux-jobs" + WRAP_SUFFIX)
-NAMES = BENCH_PATHS + WRAPPED + BASELINES
+# The same user-app rows with every rank inside the image of `--container RUNTIME:IMAGE` (ch-run after the
+# launcher and the rank wrapper): set against their +wrap row, the image's cost per task.
+CTR_SUFFIX = "+ctr"
+CONTAINED = ("htex" + CTR_SUFFIX, "flux-jobs" + CTR_SUFFIX)
+NAMES = BENCH_PATHS + WRAPPED + CONTAINED + BASELINES
 BASELINE_OF = {"htex": "bare-srun", "htex-mpiexec": "bare-mpirun", "static": "bare-srun", "flux": "bare-flux",
-               "flux-jobs": "bare-flux", "htex+wrap": "bare-srun", "flux-jobs+wrap": "bare-flux"}
+               "flux-jobs": "bare-flux", "htex+wrap": "bare-srun", "flux-jobs+wrap": "bare-flux",
+               "htex+ctr": "bare-srun", "flux-jobs+ctr": "bare-flux"}
 # Each path runs right after its baseline, so both see the same machine load.
-ORDER = ("bare-srun", "htex", "htex+wrap", "static", "bare-mpirun", "htex-mpiexec", "bare-flux", "flux-jobs",
-         "flux-jobs+wrap", "flux")
+ORDER = ("bare-srun", "htex", "htex+wrap", "htex+ctr", "static", "bare-mpirun", "htex-mpiexec", "bare-flux",
+         "flux-jobs", "flux-jobs+wrap", "flux-jobs+ctr", "flux")
 IDLE_TIMEOUT = 60.0
 
 
@@ -60,21 +66,31 @@ class BenchError(FluxmpiError, ValueError):
     """Bad bench input (unknown path name, no nodes); the message names the value and the fix."""
 
 
-def parse_names(text: str | None) -> list[str]:
-    """`--paths htex,flux,bare-srun` -> names in run order; None or "all" -> every path and baseline."""
+def parse_names(text: str | None, container: bool = False) -> list[str]:
+    """`--paths htex,flux,bare-srun` -> names in run order; None or "all" -> every path and baseline (the +ctr
+    rows only when the bench has an image: `container`)."""
     if text is None or text.strip() == "all":
-        return list(ORDER)
+        return [n for n in ORDER if container or not n.endswith(CTR_SUFFIX)]
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in NAMES]
     if unknown or not names:
         raise BenchError(f"--paths {text!r}: {', '.join(unknown) or 'empty'} not known; choose from "
                          f"{', '.join(ORDER)} (comma separated) or 'all'")
+    boxed = [n for n in names if n.endswith(CTR_SUFFIX)]
+    if boxed and not container:
+        raise BenchError(f"--paths {','.join(boxed)}: these rows run inside an image: give --container "
+                         "RUNTIME:IMAGE (e.g. charliecloud:/var/tmp/bookworm-openmpi)")
     return [n for n in ORDER if n in names]
+
+
+def _path_of(name: str) -> str:
+    """The launch path a row runs: htex+wrap and htex+ctr run htex."""
+    return name.removesuffix(WRAP_SUFFIX).removesuffix(CTR_SUFFIX)
 
 
 def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot run on this machine at all, or None."""
-    name = name.removesuffix(WRAP_SUFFIX)
+    name = _path_of(name)
     if name == "flux" and "flux" not in PATHS:
         return "flux path not implemented"
     if name in ("flux", "flux-jobs", "bare-flux"):
@@ -87,7 +103,7 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def not_applicable_reason(name: str, workload: Workload) -> str | None:
-    if name.removesuffix(WRAP_SUFFIX) == "static" and workload.mixed_sizes:
+    if _path_of(name) == "static" and workload.mixed_sizes:
         return "not applicable: mixed sizes (static blocks run one task size)"
     return None
 
@@ -99,14 +115,19 @@ def _which(cmd: str) -> bool:
 def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: Path, *,
               task_timeout: float = 600, run_timeout: float = 3600, progress: bool = True,
               command: str = "", log: Callable[[str], None] = print, warm: int | None = None,
-              compare_warm: bool = False) -> dict:
+              compare_warm: bool = False, container: Container | None = None) -> dict:
     """Run everything, write the outputs, return the bench document (what results.json holds).
 
     warm: each launch path run gets its own warm hold on this many nodes, handed over right before its blocks
     are submitted (rows "PATH+warm"). compare_warm: each path runs cold, then warm, both from powered-down
-    nodes (bench/warmth.py), so their time to first result compares."""
+    nodes (bench/warmth.py), so their time to first result compares. container: the image the +ctr rows run
+    their ranks in."""
     if not workloads:
         raise BenchError("no workloads to run")
+    boxed = [n for n in names if n.endswith(CTR_SUFFIX)]
+    if boxed and container is None:
+        raise BenchError(f"{', '.join(boxed)} run inside an image: give container=Container(...) "
+                         "(--container RUNTIME:IMAGE)")
     for wl in workloads:
         wl.check_fits(site.nodes, site.cores_per_node)
     if compare_warm and warm is None:
@@ -125,6 +146,7 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
                  "cores_per_node": site.cores_per_node},
         "names": names, "workloads": [],
         "warm": {"nodes": warm, "compare": compare_warm},
+        "container": container.to_dict() if container is not None else None,
     }
     for wl in workloads:
         log(f"fluxmpi: workload {wl.describe()}")
@@ -136,7 +158,8 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
                 row = name + (warmth.WARM_SUFFIX if hold_nodes else "")
                 raw = _run_one(name, site, wl, out_dir / "runs" / wl.name / row, task_timeout=task_timeout,
                                run_timeout=run_timeout, progress=progress, log=log, warm=hold_nodes,
-                               cold_start=power_timeout if kind == "path" else None)
+                               cold_start=power_timeout if kind == "path" else None,
+                               container=container if name.endswith(CTR_SUFFIX) else None)
                 raw.name = row
                 entry["runs"].append(raw.to_json())
                 report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
@@ -150,9 +173,12 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
 
 
 def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout: float, run_timeout: float,
-             progress: bool, log, warm: int | None = None, cold_start: float | None = None) -> RawRun:
+             progress: bool, log, warm: int | None = None, cold_start: float | None = None,
+             container: Container | None = None) -> RawRun:
     kind = "baseline" if name in BASELINES else "path"
     reason = unavailable_reason(name)
+    if not reason and container is not None and not _which(COMMANDS[container.runtime]):
+        reason = f"{COMMANDS[container.runtime]} ({container.runtime}) is not on PATH"
     if reason:
         log(f"fluxmpi: {wl.name}/{name}: unavailable: {reason}")
         return RawRun(name, kind, "unavailable", reason=reason, baseline=BASELINE_OF.get(name))
@@ -181,9 +207,10 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
                 raw = run_bare_flux(site, wl, workdir, task_timeout=task_timeout, run_timeout=run_timeout,
                                     on_progress=on_progress)
             else:
-                own = user_commands(wl, workdir) if name.endswith(WRAP_SUFFIX) else {}
+                own = user_commands(wl, workdir) if name.endswith((WRAP_SUFFIX, CTR_SUFFIX)) else {}
+                specs = [replace(s, container=container) for s in wl.specs()] if container else wl.specs()
                 with warmth.holding(warm, site, log) as hold:
-                    result = run_tasks(name.removesuffix(WRAP_SUFFIX), site, wl.specs(), app="c", workdir=workdir,
+                    result = run_tasks(_path_of(name), site, specs, app="c", workdir=workdir,
                                        task_timeout=task_timeout, run_timeout=run_timeout, on_progress=on_progress,
                                        before_load=(lambda: hold.hand_over(log=log)) if hold else None,
                                        **(own or wl.app_work()))
@@ -192,7 +219,7 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
                     raw.warm = warmth.describe(hold, powered_down, raw.t_start)
                 if hold:   # the workflow started when its hold was submitted: time to first result counts from there
                     raw.t_start = min(raw.t_start, hold.submitted)
-        except (RunError, BaselineError, SpecError) as err:
+        except (RunError, BaselineError, SpecError, ContainerError) as err:
             return _broken(name, kind, str(err), workdir, t_begin, wl, log)
         except Exception as err:  # noqa: BLE001 - one broken path must not lose the other paths' results
             return _broken(name, kind, f"{type(err).__name__}: {err}", workdir, t_begin, wl, log)
@@ -255,6 +282,23 @@ def _compare_with_baselines(entry: dict) -> None:
         mine, theirs = (r.get("summary") or {}), ((plain or {}).get("summary") or {})
         if mine.get("launch_to_done_median") is not None and theirs.get("launch_to_done_median") is not None:
             mine["wrapper_cost"] = mine["launch_to_done_median"] - theirs["launch_to_done_median"]
+        if r["name"].endswith(CTR_SUFFIX):
+            container_cost(r.get("summary"), (runs.get(_path_of(r["name"]) + WRAP_SUFFIX) or {}).get("summary"))
+
+
+def container_cost(boxed: dict | None, bare: dict | None) -> None:
+    """Set a +ctr row's image cost against its +wrap row (the same user command, no image).
+
+    The rank wrapper stays on the host and times the command it starts, so the runtime's start and end fall in
+    each rank's run (ended - started) rather than in the path's overhead: the cost per task is the difference
+    of the median runs, and the overhead with the image counts it in: overhead + cost, against the +wrap
+    row's overhead (the target: within 10% for Charliecloud)."""
+    if not boxed or not bare or boxed.get("run_median") is None or bare.get("run_median") is None:
+        return
+    boxed["container_cost"] = boxed["run_median"] - bare["run_median"]
+    if boxed.get("overhead_median") is not None:
+        boxed["overhead_with_image"] = boxed["overhead_median"] + boxed["container_cost"]
+        boxed["container_overhead_ratio"] = metrics.ratio(boxed["overhead_with_image"], bare.get("overhead_median"))
 
 
 def _wait_for_idle_nodes(site: Site, log) -> None:

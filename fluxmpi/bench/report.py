@@ -74,6 +74,7 @@ def render_markdown(bench: dict) -> str:
                              + f" | {_f(r['summary'].get('overhead_mean'))} |")
         lines += render_warmth(entry)
         lines += render_wrapper_cost(entry)
+        lines += render_container_cost(entry)
     lines += ["", "Components: " + "; ".join(f"**{k}** {COMPONENT_HELP[k]}" for k in COMPONENTS) + "."]
     lines += ["", "## Targets", ""] + render_targets(bench.get("targets", []))
     return "\n".join(lines) + "\n"
@@ -94,6 +95,27 @@ def render_wrapper_cost(entry: dict) -> list[str]:
         s = r["summary"]
         lines.append(f"| {r['name']} | {_f(plain['launch_to_done_median'])} | {_f(s['launch_to_done_median'])} "
                      f"| {_f(s['wrapper_cost'], 1, 1000, ' ms')} |")
+    return lines
+
+
+def render_container_cost(entry: dict) -> list[str]:
+    """The +ctr rows: each rank's run inside the image beside the same command on the host (+wrap), and the
+    overhead a task pays with the image's start counted in."""
+    rows = [r for r in entry["runs"] if (r.get("summary") or {}).get("container_cost") is not None]
+    if not rows:
+        return []
+    lines = ["", "The container (+ctr rows, the +wrap command inside the image): median seconds of a task's ranks "
+             "as the rank wrapper times them, without and with the image, and the overhead with the image's cost "
+             "counted in:", "",
+             "| run | run without | run with | image cost per task | overhead without | overhead with image "
+             "| ratio |", "|---|---|---|---|---|---|---|"]
+    by_name = {r["name"]: r for r in entry["runs"]}
+    for r in rows:
+        bare = by_name[r["name"].removesuffix("+ctr") + "+wrap"]["summary"]
+        s = r["summary"]
+        lines.append(f"| {r['name']} | {_f(bare['run_median'])} | {_f(s['run_median'])} "
+                     f"| {_f(s['container_cost'], 1, 1000, ' ms')} | {_f(bare.get('overhead_median'))} "
+                     f"| {_f(s.get('overhead_with_image'))} | {_f(s.get('container_overhead_ratio'), 2, suffix='x')} |")
     return lines
 
 
@@ -127,7 +149,8 @@ def render_targets(targets: list[dict]) -> list[str]:
     if not targets:
         return ["(no target applies to these workloads and paths)"]
     what = {"overhead": "median overhead vs its bare baseline", "makespan": "makespan / lower bound",
-            "growth": "overhead rise over the run / median overhead"}
+            "growth": "overhead rise over the run / median overhead",
+            "container": "overhead with the image / without"}
     lines = ["| target | workload | path | value | limit | met |", "|---|---|---|---|---|---|"]
     for t in targets:
         met = {True: "yes", False: "NO", None: f"n/a ({t['note']})"}[t["met"]]

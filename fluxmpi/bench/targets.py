@@ -6,6 +6,8 @@
 3. growth: on workloads of 200 tasks or more, each fluxmpi path's per-task overhead does not grow: the
    least-squares line through overhead vs task index rises by at most 10% of the median overhead from the first
    task to the last (its standard error is shown with it: on a shared machine, load drift moves it too).
+4. container: a +ctr row's overhead with its image's cost counted in, within 1.1x of the same path's overhead
+   without the image (its +wrap row; fluxmpi.bench.driver.container_cost).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MAKESPAN_LIMIT = 1.3
 MAKESPAN_PATHS = ("flux", "flux-jobs", "htex")
 GROWTH_MIN_TASKS = 200
 GROWTH_LIMIT = 0.10
+CONTAINER_LIMIT = 1.10
 
 
 def evaluate(bench: dict) -> list[dict]:
@@ -47,6 +50,14 @@ def evaluate(bench: dict) -> list[dict]:
                                 _why_missing(r, None, "overhead_growth"))
                     t["slope"], t["slope_se"] = s.get("overhead_slope"), s.get("overhead_slope_se")
                     out.append(t)
+        for r in entry["runs"]:
+            if r["name"].endswith("+ctr"):
+                bare = runs.get(r["name"].removesuffix("+ctr") + "+wrap")
+                t = _target("container", wl["name"], r["name"],
+                            (r.get("summary") or {}).get("container_overhead_ratio"), CONTAINER_LIMIT,
+                            _why_missing(r, bare, "container_overhead_ratio")
+                            if bare is not None else "its +wrap row was not selected")
+                out.append(t)
     return out
 
 

@@ -16,6 +16,7 @@ from .. import warm as holds
 from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
 from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
 from ..cluster.layout import DEFAULT_NAME
+from ..container import Container, ContainerError
 from ..errors import FluxmpiError, exit_code
 from ..site import open_site, running_local_nodes
 from .common import fail, given_options
@@ -53,11 +54,15 @@ logger = logging.getLogger(__name__)
 @click.option("--warm", type=int, default=None,
               help="Each launch path run warms this many nodes while it starts and releases them right before its "
                    "blocks are submitted (rows PATH+warm; docs/operations.md).")
+@click.option("--container", "container_text", metavar="RUNTIME:IMAGE", default=None,
+              help="Adds the rows htex+ctr and flux-jobs+ctr: the +wrap rows' command with every rank inside this "
+                   "image (e.g. charliecloud:/var/tmp/bookworm-openmpi), and the image's cost per task.")
 @click.option("--compare-warm", is_flag=True,
               help="With --warm: run each launch path cold, then warm, each from powered-down nodes (an elastic "
                    "cluster), and show their time to first result side by side.")
 def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
-          sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, compare_warm) -> None:
+          sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, container_text,
+          compare_warm) -> None:
     """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
     allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
     its lower bound, utilization and throughput.
@@ -71,7 +76,8 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         if cluster == "local" and "cluster_nodes" not in given_options():
             # A local cluster already up is benchmarked as it is (the workloads are sized for its nodes).
             cluster_nodes = running_local_nodes(cluster_name) or cluster_nodes
-        names = parse_names(paths)
+        container = Container.parse(container_text) if container_text else None
+        names = parse_names(paths, container=container is not None)
         wls = resolve(list(workloads), nodes=cluster_nodes, tasks=tasks, task_nodes=task_nodes,
                       ranks_per_node=ranks_per_node, sleep=sleep, busy=busy, seed=seed, quick=quick)
         if cluster == "local":
@@ -84,7 +90,7 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
         if warm is not None:
             holds.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
-    except (BenchError, WorkloadError, holds.WarmError) as err:
+    except (BenchError, WorkloadError, holds.WarmError, ContainerError) as err:
         fail(str(err), code=2)
     out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
     command = _command_line(click.get_current_context())
@@ -97,7 +103,7 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             site = bench_site(site, cluster_nodes)
             doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
                             progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log,
-                            warm=warm, compare_warm=compare_warm)
+                            warm=warm, compare_warm=compare_warm, container=container)
     except FluxmpiError as err:      # bad input (a ValueError) exits 2, a failure 1
         fail(str(err), code=exit_code(err))
     except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
