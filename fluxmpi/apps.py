@@ -302,14 +302,20 @@ def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = 
 
 
 def compile_app(dest_dir: str, mpicc: str = "mpicc", name: str = "mpi_hello", init: str = "",
-                parsl_resource_specification: dict | None = None) -> str:
+                parsl_resource_specification: dict | None = None) -> dict:
     """Compile the C app on a compute node (the first task of a run), so it matches the nodes' MPI.
 
     init: shell lines sourced first (as for run_mpi_task), so mpicc comes from the same environment as the app.
+    Returns the binary's path and when the compile began on the node (t_begin: the run's start-up breakdown
+    reads the worker pool or Flux instance as ready from then).
     """
+    import time
+
     from fluxmpi.mpi_apps import compile_c_app
 
-    return str(compile_c_app(dest_dir, mpicc=mpicc, name=name, env=task_environment(init) if init else None))
+    t_begin = time.time()
+    binary = compile_c_app(dest_dir, mpicc=mpicc, name=name, env=task_environment(init) if init else None)
+    return {"binary": str(binary), "t_begin": t_begin}
 
 
 def _tail(text: str, lines: int = 12) -> str:

@@ -17,7 +17,7 @@ nothing else in the workflow needs to change. Options each path takes (all optio
 | run_dir | all | Parsl's run directory ["runinfo"] |
 | retries | all | reruns of a failed task (Parsl's Config.retries) [0] |
 | resilience | htex, htex-mpiexec, static, flux, flux-jobs | heartbeats, block polling, tolerated block failures (fluxmpi.launch.blocks.Resilience) |
-| admission | htex, htex-mpiexec | which waiting task the node gate admits first: "largest-first" or "in-order" |
+| admission | htex, htex-mpiexec, flux-jobs | which waiting task the node gate admits first: "largest-first" or "in-order" |
 | blocks | static | blocks held at once [as many as the partition holds] |
 """
 
@@ -40,7 +40,7 @@ OPTIONS = {
     "htex-mpiexec": COMMON + ("resilience", "admission"),
     "static": COMMON + ("resilience", "blocks"),
     "flux": COMMON + ("resilience",),
-    "flux-jobs": COMMON + ("resilience",),
+    "flux-jobs": COMMON + ("resilience", "admission"),
     "plain": COMMON,
 }
 
@@ -80,7 +80,8 @@ def config(path: str, site: Site, **options: Any) -> Config:
     elif path == "flux-jobs":
         from .launch.flux.jobs import flux_jobs_config
         built = flux_jobs_config(site, status_period=res.status_period, link_timeout=res.heartbeat_threshold,
-                                 max_block_failures=res.max_block_failures, **common)
+                                 max_block_failures=res.max_block_failures,
+                                 admission=options.get("admission", "largest-first"), **common)
     else:
         from .launch.plain import plain_htex_config
         built = plain_htex_config(site, **common)

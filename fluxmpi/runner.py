@@ -101,6 +101,10 @@ class RunResult:
     lost_nodes: dict = field(default_factory=dict)    # node -> Slurm state (reason), for nodes of the run's blocks
     cancelled_jobs: list[str] = field(default_factory=list)   # blocks still active at the end, cancelled
     retired_jobs: list[str] = field(default_factory=list)     # blocks cancelled mid-run: their worker pool was lost
+    # For the start-up breakdown: when the first block started running (Slurm's StartTime, whole seconds) and
+    # when the compile task began on a node (its worker pool or Flux instance was ready by then).
+    t_block_started: float | None = None
+    t_compile_began: float | None = None
 
     @property
     def failed(self) -> list[TaskOutcome]:
@@ -357,7 +361,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     todo = [(tid, spec, argv, extra) for tid, spec, argv, extra in zip(task_ids, specs, app_argvs, io)
             if tid not in earlier]
     t_start = time.time()
-    state = {"t_loaded": None, "t_compiled": None, "interrupted": None, "cancelled": [], "retired": []}
+    state = {"t_loaded": None, "t_compiled": None, "t_compile_began": None, "interrupted": None, "cancelled": [],
+             "retired": []}
     writer = _RunJsonWriter(lp.name, site.name, workdir, t_start, outcomes, res.retries, index,
                             block_walltime=parse_walltime(walltime))
     if not todo:
@@ -381,7 +386,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             run_app = _python_app(run_mpi_task, lp.label)
             task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
             if commands is None and app == "c" and binary is None:
-                state["t_compiled"] = _compile_first(lp, bin_dir, site, task_kw)
+                state["t_compile_began"], state["t_compiled"] = _compile_first(lp, bin_dir, site, task_kw)
             futures: dict[Future, TaskOutcome] = {}
             app_futures: dict[str, Future] = {}
             for tid, spec, argv, extra in todo:
@@ -485,14 +490,29 @@ class _RunJsonWriter:
                            interrupted=state["interrupted"], retries=self.retries,
                            blocks=dict(watch.jobs) if watch else {}, block_walltime=self.block_walltime,
                            lost_nodes=lost,
-                           cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])))
+                           cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])),
+                           t_block_started=_first_block_start(watch), t_compile_began=state["t_compile_began"])
         with self._lock:
             self._dump(result.to_json())
         return result
 
 
-def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site, task_kw: dict | None = None) -> float:
-    """Compile the C app as the run's first task, on a compute node; fail the run clearly if it cannot."""
+def _first_block_start(watch: BlockWatch | None) -> float | None:
+    """When the run's first block started running, as Slurm says (None if it never did or squeue forgot it)."""
+    if watch is None or not watch.jobs:
+        return None
+    try:
+        starts = slurm.job_start_times(list(watch.jobs))
+    except slurm.SlurmError as err:
+        logger.info("start times of the run's blocks: %s", err)
+        return None
+    return min(starts.values()) if starts else None
+
+
+def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site,
+                   task_kw: dict | None = None) -> tuple[float | None, float]:
+    """Compile the C app as the run's first task, on a compute node; fail the run clearly if it cannot.
+    Returns when it began on the node (None if the task did not say) and when its result was back here."""
     compile_task = _python_app(compile_app, lp.label)
     one = MPITaskSpec(nodes=1, ranks_per_node=1)
     rs = lp.resources(one, site)
@@ -500,13 +520,13 @@ def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site, task_kw: dict | No
 
     fut = compile_task(str(bin_dir), **(task_kw or {}), **kwargs)
     try:
-        fut.result(timeout=COMPILE_TIMEOUT)
+        out = fut.result(timeout=COMPILE_TIMEOUT)
     except TimeoutError:
         raise RunError(f"compiling the C app on the cluster did not finish within {COMPILE_TIMEOUT:.0f}s: "
                        "did the block start? (squeue; the run directory's runinfo/ has the logs)") from None
     except Exception as err:
         raise RunError(f"compiling the C app on the cluster failed: {err}") from err
-    return time.time()
+    return (out.get("t_begin") if isinstance(out, dict) else None), time.time()
 
 
 def _pool_hosts_lost(outcomes: list[TaskOutcome]) -> list[str]:

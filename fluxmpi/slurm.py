@@ -160,6 +160,25 @@ def job_states(job_ids: list[str], env: dict | None = None) -> dict[str, dict]:
             for j in job_ids}
 
 
+def job_start_times(job_ids: list[str], env: dict | None = None) -> dict[str, float]:
+    """{job id: when it started running (epoch seconds; Slurm keeps whole seconds)} for the jobs squeue still
+    lists that have started; a job still pending, or no longer listed, is left out."""
+    if not job_ids:
+        return {}
+    proc = run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%S"], env=env, check=False)
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, _, rest = line.partition("|")
+        state, _, start = rest.partition("|")
+        if state == "PENDING":    # its %S is when Slurm expects to start it
+            continue
+        try:
+            out[job] = time.mktime(time.strptime(start.strip(), "%Y-%m-%dT%H:%M:%S"))   # the local time zone
+        except ValueError:       # N/A: not started
+            continue
+    return {j: t for j, t in out.items() if j in job_ids}
+
+
 def unusable_nodes(partition: str, env: dict | None = None) -> dict[str, str]:
     """{node: "Slurm lists it STATE (reason)"} of the partition's nodes Slurm will not run jobs on."""
     proc = run_slurm(["sinfo", "-h", "-N", "-p", partition, "-t", UNUSABLE_NODE_STATES, "-o", "%N|%T|%E"], env=env)

@@ -305,6 +305,16 @@ def test_targets():
     assert by[("growth", "htex")]["met"] is True             # constant overhead
     assert ("growth", "static") not in by                    # did not run
     assert not any(t["target"] == "makespan" for t in _bench(sizes=(2, 2))["targets"])
+    # flux-jobs against htex on mixed sizes: not selected here, and said so.
+    assert by[("packing", "flux-jobs")]["met"] is None and by[("packing", "flux-jobs")]["note"] == "not selected"
+    entry = doc["workloads"][0]
+    for overhead, met in ((0.6, True), (0.9, False)):     # the same packing with less / more overhead than htex
+        entry["runs"].append(_run("flux-jobs", "path", overhead, baseline="bare-flux", n=200))
+        (t,) = [t for t in targets.evaluate(doc) if t["target"] == "packing"]
+        htex_ratio = entry["runs"][1]["summary"]["makespan_ratio"]
+        assert t["value"] == pytest.approx(entry["runs"][-1]["summary"]["makespan_ratio"] / htex_ratio)
+        assert t["met"] is met and t["limit"] == 1.0
+        entry["runs"].pop()
 
 
 def test_markdown_keeps_every_path_with_its_reason():
@@ -324,7 +334,7 @@ def test_json_is_written_whole(tmp_path):
 
 def test_plots_are_png_files(tmp_path):
     written = plots.write_all(_bench(), tmp_path)
-    assert sorted(p.name for p in written) == ["overhead-w.png", "timeline-w.png"]
+    assert sorted(p.name for p in written) == ["overhead-w.png", "startup-w.png", "timeline-w.png"]
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
@@ -401,3 +411,35 @@ def test_the_image_cost_is_the_ranks_run_beyond_the_same_command_on_the_host():
     assert "container_cost" not in alone["runs"][0]["summary"]
     (t,) = [t for t in targets.evaluate({"workloads": [alone]}) if t["target"] == "container"]
     assert t["met"] is None and "+wrap row was not selected" in t["note"]
+
+
+def test_the_start_up_splits_at_the_stamps_a_run_has():
+    stamps = {"granted": 3.0, "ready": 5.5, "compiled": 7.0, "first_launch": 7.25}
+    parts = metrics.startup_parts(1.0, stamps, 9.0)
+    assert parts == pytest.approx({"allocation": 2.0, "pool": 2.5, "compile": 1.5, "dispatch": 0.25,
+                                   "first_task": 1.75})
+    assert sum(parts.values()) == pytest.approx(8.0)     # the parts add up to the start-up
+    # No compile task (a +wrap row): its part is None and the next one holds the time.
+    parts = metrics.startup_parts(1.0, {**stamps, "ready": None, "compiled": None}, 9.0)
+    assert parts["pool"] is None and parts["compile"] is None and parts["dispatch"] == pytest.approx(4.25)
+    # Slurm's StartTime is whole seconds: one before the run's start counts as the start.
+    assert metrics.startup_parts(1.4, {"granted": 1.0}, 3.0)["allocation"] == 0.0
+    assert metrics.startup_parts(None, stamps, 9.0) == {p: None for p in metrics.STARTUP_PARTS}
+
+
+def test_the_start_up_table_and_target_set_each_path_against_its_baseline():
+    doc = _bench()
+    entry = doc["workloads"][0]
+    base, htex = entry["runs"][0], entry["runs"][1]
+    base["summary"].update(startup=2.0, startup_parts={"allocation": 1.0, "pool": 0.0, "compile": 0.5,
+                                                      "dispatch": 0.1, "first_task": 0.4})
+    htex["summary"].update(startup=5.0, startup_vs_baseline=2.5,
+                           startup_parts={"allocation": 1.0, "pool": 2.0, "compile": 1.0, "dispatch": 0.5,
+                                          "first_task": 0.5})
+    text = "\n".join(report.render_startup(entry))
+    assert "| bare-srun | 1.0 | 0.0 | 0.5 | 0.1 | 0.4 | 2.0 | - |" in text, text
+    assert "| htex | 1.0 | 2.0 | 1.0 | 0.5 | 0.5 | 5.0 | 2.50x (bare-srun) |" in text, text
+    (t,) = [t for t in targets.evaluate(doc) if t["target"] == "startup" and t["path"] == "htex"]
+    assert t["value"] == 2.5 and t["met"] is False and t["limit"] == 1.5
+    htex["warm"] = {"nodes": 2}           # a warm run counts from its hold: no start-up target
+    assert not [t for t in targets.evaluate(doc) if t["target"] == "startup" and t["path"] == "htex"]

@@ -72,8 +72,10 @@ def test_stored_figures_follow_from_the_raw_records(quick_run):
             continue
         again = metrics.summarize(r["tasks"], doc["site"]["nodes"], r["t_start"], r["t_first_result"])
         # Figures against another run (its baseline, its path without the wrapper) are not the run's own.
-        stored = {k: v for k, v in r["summary"].items() if k not in ("overhead_vs_baseline", "wrapper_cost")}
+        stored = {k: v for k, v in r["summary"].items()
+                  if k not in ("overhead_vs_baseline", "wrapper_cost", "startup_vs_baseline")}
         parts = stored.pop("components_mean"), again.pop("components_mean")
+        assert stored.pop("startup_parts") == metrics.startup_parts(r["t_start"], r["startup"], r["t_first_result"])
         assert stored == pytest.approx(again)
         assert {k: v for k, v in parts[0].items() if v is not None} == \
             pytest.approx({k: v for k, v in parts[1].items() if v is not None})
@@ -92,12 +94,30 @@ def test_paths_are_compared_with_their_baselines(quick_run):
         htex["overhead_median"] / runs["bare-srun"]["summary"]["overhead_median"])
     assert any(t["target"] == "overhead" and t["path"] == "htex" and t["met"] in (True, False)
                for t in doc["targets"])
+    assert htex["startup_vs_baseline"] == pytest.approx(htex["startup"] / runs["bare-srun"]["summary"]["startup"])
+
+
+def test_the_start_up_is_split_where_each_run_has_stamps(quick_run):
+    _, out = quick_run
+    doc = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in doc["workloads"][0]["runs"]}
+    # htex compiles as its first task; bare-srun compiles in its allocation; htex+wrap has no compile task.
+    for name, missing in (("htex", set()), ("static", set()), ("bare-srun", set()), ("bare-mpirun", set()),
+                          ("htex+wrap", {"ready", "compiled"})):
+        r = runs[name]
+        assert {k for k, v in r["startup"].items() if v is None} == missing, (name, r["startup"])
+        parts = r["summary"]["startup_parts"]
+        assert sum(v for v in parts.values() if v is not None) == pytest.approx(r["summary"]["startup"]), name
+    assert runs["bare-srun"]["summary"]["startup_parts"]["pool"] == 0.0     # steps need nothing started
+    assert runs["htex"]["summary"]["startup_parts"]["pool"] > 0             # the worker pool starts in the block
+    assert "Where the start-up goes" in (out / "results.md").read_text()
 
 
 def test_plots_are_written(quick_run):
     _, out = quick_run
     doc = json.loads((out / "results.json").read_text())
-    assert sorted(p.split("/")[-1] for p in doc["plots"]) == ["overhead-uniform.png", "timeline-uniform.png"]
+    assert sorted(p.split("/")[-1] for p in doc["plots"]) == ["overhead-uniform.png", "startup-uniform.png",
+                                                                       "timeline-uniform.png"]
     for name in ("timeline-uniform.png", "overhead-uniform.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000

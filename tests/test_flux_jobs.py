@@ -250,6 +250,34 @@ def test_the_config_holds_one_executor_over_one_exclusive_block(tmp_path):
     with_threshold = flux_jobs_config(SITE, nodes_per_block=3, run_dir=str(tmp_path), install=INSTALL,
                                       apply_env=False, link_timeout=45).executors[0]
     assert "-Stbon.tcp_user_timeout=45s" in with_threshold._get_launch_command("0")
+    assert ex.admission == "largest-first"
+    in_order = flux_jobs_config(SITE, run_dir=str(tmp_path), install=INSTALL, apply_env=False, admission="in-order")
+    assert in_order.executors[0].admission == "in-order"
+    with pytest.raises(SpecError, match="admission policy 'smallest' is not known"):
+        flux_jobs_config(SITE, run_dir=str(tmp_path), install=INSTALL, apply_env=False, admission="smallest")
+
+
+def test_admission_sends_mixed_sizes_as_the_node_gate_would_and_one_size_at_once(tmp_path):
+    """Flux's first-come scheduler lets a queued job that does not fit hold back the smaller ones behind it, so
+    node-holding tasks of mixed sizes go to the instance one by one, as fluxmpi's node gate picks them."""
+    from fluxmpi.launch.flux.jobs import admit
+
+    def req(nodes, exclusive=True, task="t"):
+        args, kw = _call(spec=MPITaskSpec(nodes=nodes, ranks_per_node=1, exclusive=exclusive), task=task)
+        return mpi_request(run_mpi_task, None, args, kw, tmp_path)
+    waiting = [req(1), req(3), req(2), req(4)]
+    # 4 free nodes: the 4-node task alone (largest first), not the 1- and 3-node tasks ahead of it.
+    assert admit(waiting, [], 4) == [3]
+    # A 2-node job holds two of the 4 nodes: the largest that fits the other two is the 2-node task.
+    assert admit(waiting, [req(2)], 4) == [2]
+    assert admit(waiting, [req(2)], 4, "in-order") == [0]          # the earliest that fits, then nothing else fits
+    assert admit(waiting, [req(3)], 3) == []                        # none fits beside it: they wait here
+    # One size everywhere: Flux's own order is the gate's, so all go at once (no round trip per task).
+    assert admit([req(2), req(2), req(2)], [req(2), req(2)], 4) == [0, 1, 2]
+    # Tasks that share their nodes, and the run's Python calls, go at once whatever the gate holds.
+    py = python_request("parsl-1", {}, "python3", tmp_path)
+    assert admit([req(4), req(1, exclusive=False), py, req(2)], [req(3)], 4) == [1, 2]
+    assert admit([req(1), req(4)], [], 3) == [0]     # a task larger than the nodes usable is never sent
 
 
 def test_a_flux_ssh_that_is_a_command_line_is_refused(tmp_path):
@@ -359,6 +387,23 @@ def test_four_concurrent_two_node_tasks_run_as_flux_jobs_where_flux_put_them(sit
     assert len(result.blocks) == 1, f"one block expected, the run had {result.blocks}"
     assert not [j for j in slurm.jobs(env=site.env) if j.job_id in result.blocks and j.state in slurm.ACTIVE_STATES], \
         "the run left its block running"
+
+
+@pytest.mark.cluster
+@pytest.mark.flux
+def test_mixed_sizes_start_in_the_node_gates_order_not_flux_first_come(site, tmp_path):
+    """4, 1, 3, 2, 4 nodes on 4 nodes: while the first holds every node the others wait. Flux's first-come order
+    would then start the 1- and 3-node tasks, and the second 4-node one only after the 2-node one; the gate
+    starts the largest first, then 3 + 1 side by side, then 2."""
+    specs = [MPITaskSpec(nodes=n, ranks_per_node=1) for n in (4, 1, 3, 2, 4)]
+    result = run_tasks("flux-jobs", site, specs, app="c", workdir=tmp_path, sleep=1.0, nodes_per_block=4,
+                       run_timeout=600)
+    assert result.ok, _summary(result)
+    p = placement.read_records(tmp_path / "records").placements()
+    start, end = {t: p[t].start for t in p}, {t: p[t].end for t in p}
+    assert start["t4"] > end["t0"] and start["t4"] < min(start["t1"], start["t2"], start["t3"]), start
+    assert start["t2"] < end["t1"] and start["t1"] < end["t2"], "the 3- and 1-node tasks did not run side by side"
+    assert start["t3"] >= min(end["t1"], end["t2"]), start
 
 
 @pytest.mark.cluster

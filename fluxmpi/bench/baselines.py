@@ -102,6 +102,8 @@ def _prepare(workload: Workload, workdir: Path) -> tuple[Path, Path, list[str], 
 
 def _finish(run: RawRun, records_dir: Path) -> RawRun:
     records = fill_from_records(run.tasks, records_dir)
+    launched = [t["launched"] for t in run.tasks if t.get("launched") is not None]
+    run.startup["first_launch"] = min(launched) if launched else None
     report = check_placement(run.tasks, records)
     run.placement_ok, run.placement_report = report.ok, report.render()
     returned = [t["returned"] for t in run.tasks if t["ok"] and t["returned"]]
@@ -124,6 +126,8 @@ def run_bare_srun(site: Site, workload: Workload, workdir: Path, *, task_timeout
     with allocate(site, site.nodes, "bare-srun") as alloc:
         run.t_ready = time.time()
         _srun_compile(alloc, bin_dir)
+        # No pool to start: the allocation takes steps at once.
+        run.startup = {"granted": run.t_ready, "ready": run.t_ready, "compiled": time.time()}
         run.tasks = [new_task(i, tid, spec, time.time()) for i, (tid, spec) in enumerate(zip(ids, specs))]
         def srun_step(i: int, nodes: list[str]) -> list[str]:
             step = specs[i].srun_args(mpi="pmix", nodelist=nodes)
@@ -258,7 +262,8 @@ def run_bare_flux(site: Site, workload: Workload, workdir: Path, *, task_timeout
         return ["srun", "--jobid", alloc.job_id, "--mpi=pmi2", "-N", str(len(alloc.nodes)), "--ntasks-per-node=1",
                 flux, "start", sys.executable, "-m", "fluxmpi.bench.flux_driver", str(jobs_file), str(result_file)]
     return _run_driver("bare-flux", flux_instance, site, workload, workdir, task_timeout=task_timeout,
-                       run_timeout=run_timeout, on_progress=on_progress, slack=FLUX_BOOT_SLACK)
+                       run_timeout=run_timeout, on_progress=on_progress, slack=FLUX_BOOT_SLACK,
+                       compiles_inside=True)
 
 
 def run_bare_mpirun(site: Site, workload: Workload, workdir: Path, *, task_timeout: float = 600,
@@ -276,9 +281,11 @@ def run_bare_mpirun(site: Site, workload: Workload, workdir: Path, *, task_timeo
 
 def _run_driver(label: str, command: Callable[[Allocation, Path, Path], list[str]], site: Site,
                 workload: Workload, workdir: Path, *, task_timeout: float, run_timeout: float,
-                on_progress: Callable[[int, int], None] | None, slack: float) -> RawRun:
+                on_progress: Callable[[int, int], None] | None, slack: float,
+                compiles_inside: bool = False) -> RawRun:
     """Run a baseline whose loop runs inside the allocation (`command` starts it there): hand it the tasks in
-    JOBS.json, follow its progress lines, and read its RESULT.json back into task rows."""
+    JOBS.json, follow its progress lines, and read its RESULT.json back into task rows. compiles_inside: the
+    driver compiles the app itself once it runs (bare-flux, in its instance), else `command` compiled it."""
     workdir = Path(workdir).resolve()
     records_dir, bin_dir, ids, specs, argvs = _prepare(workload, workdir)
     jobs_file, result_file, log_file = (workdir / f"{label}-jobs.json", workdir / f"{label}-result.json",
@@ -286,12 +293,14 @@ def _run_driver(label: str, command: Callable[[Allocation, Path, Path], list[str
     result_file.unlink(missing_ok=True)
     run = RawRun(label, "baseline", "failed", workdir=str(workdir), t_start=time.time())
     with allocate(site, site.nodes, label) as alloc:
+        granted = time.time()
         jobs_file.write_text(json.dumps({
             "tasks": [{"task": tid, "spec": spec.to_dict(), "argv": argv}
                       for tid, spec, argv in zip(ids, specs, argvs)],
             "nodes": alloc.nodes, "bin_dir": str(bin_dir), "cwd": str(workdir), "task_timeout": task_timeout,
             "run_timeout": run_timeout}))
         argv = command(alloc, jobs_file, result_file)
+        commanded = time.time()
         limit = run_timeout + COMPILE_TIMEOUT + slack
         with open(log_file, "w") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -313,6 +322,8 @@ def _run_driver(label: str, command: Callable[[Allocation, Path, Path], list[str
     if result.get("error"):
         raise BaselineError(f"{label}: {result['error']}")
     run.t_ready = result["t_ready"]
+    run.startup = ({"granted": granted, "ready": result["t_ready"], "compiled": result.get("t_compiled")}
+                   if compiles_inside else {"granted": granted, "ready": granted, "compiled": commanded})
     run.tasks = []
     for i, (tid, spec) in enumerate(zip(ids, specs)):
         row = result["tasks"].get(tid, {})

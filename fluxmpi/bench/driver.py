@@ -225,6 +225,7 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
             return _broken(name, kind, f"{type(err).__name__}: {err}", workdir, t_begin, wl, log)
     raw.baseline = BASELINE_OF.get(name)
     raw.summary = metrics.summarize(raw.tasks, site.nodes, raw.t_start, raw.t_first_result)
+    raw.summary["startup_parts"] = metrics.startup_parts(raw.t_start, raw.startup, raw.t_first_result)
     s = raw.summary
     log(f"fluxmpi: {wl.name}/{name}{warmth.WARM_SUFFIX if warm else ''}: {raw.status}, {s['ok']}/{s['tasks']} ok, "
         f"start-up {_fmt(s.get('startup'))} s, overhead median "
@@ -259,6 +260,9 @@ def from_run_result(result: RunResult) -> RawRun:
                  returned=o.returned, ok=o.ok, error=o.error)
         tasks.append(t)
     fill_from_records(tasks, Path(result.workdir) / "records")
+    launched = [t["launched"] for t in tasks if t.get("launched") is not None]
+    startup = {"granted": result.t_block_started, "ready": result.t_compile_began, "compiled": result.t_compiled,
+               "first_launch": min(launched) if launched else None}
     status = "ok" if result.ok else "failed"
     reason = ""
     if not result.ok:
@@ -267,7 +271,7 @@ def from_run_result(result: RunResult) -> RawRun:
                   else "placement check failed")
     return RawRun(result.path, "path", status, reason=reason, workdir=result.workdir, t_start=result.t_start,
                   t_ready=result.t_loaded, t_first_result=result.t_first_result, t_end=result.t_end, tasks=tasks,
-                  placement_ok=result.placement_ok, placement_report=result.placement_report)
+                  placement_ok=result.placement_ok, placement_report=result.placement_report, startup=startup)
 
 
 def _compare_with_baselines(entry: dict) -> None:
@@ -277,6 +281,8 @@ def _compare_with_baselines(entry: dict) -> None:
         if r["summary"] and base and base["summary"]:
             r["summary"]["overhead_vs_baseline"] = metrics.ratio(r["summary"].get("overhead_median"),
                                                                  base["summary"].get("overhead_median"))
+            r["summary"]["startup_vs_baseline"] = metrics.ratio(r["summary"].get("startup"),
+                                                                base["summary"].get("startup"))
         # A user-app row against its path on the same workload: the rank wrapper's cost per task.
         plain = runs.get(r["name"].removesuffix(WRAP_SUFFIX)) if r["name"].endswith(WRAP_SUFFIX) else None
         mine, theirs = (r.get("summary") or {}), ((plain or {}).get("summary") or {})

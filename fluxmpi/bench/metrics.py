@@ -43,6 +43,38 @@ COMPONENT_HELP = {
 }
 
 
+# The start-up, from the run's start to its first result, split at these stamps (each run records what it has):
+#   granted       the allocation runs: the first block's Slurm StartTime (whole seconds), or salloc returned
+#   ready         a worker pool or Flux instance took the run's first task (the compile task began on a node)
+#   compiled      the compile task's result was back with the driver
+#   first_launch  the first MPI task's launcher started
+STARTUP_MARKS = ("granted", "ready", "compiled", "first_launch")
+STARTUP_PARTS = ("allocation", "pool", "compile", "dispatch", "first_task")
+STARTUP_HELP = {
+    "allocation": "start -> the allocation runs (sbatch/salloc, Slurm scheduling, node boot on an elastic cluster)",
+    "pool": "-> a worker pool or Flux instance runs the first task (for the bare loops: nothing to start)",
+    "compile": "-> the compile task's result is back (compiling the C app on a compute node)",
+    "dispatch": "-> the first MPI task's launcher starts",
+    "first_task": "-> the first result (the task's own run and its return)",
+}
+
+
+def startup_parts(t_start: float | None, stamps: dict, t_first_result: float | None) -> dict:
+    """Seconds of each start-up part (STARTUP_PARTS); a missing stamp merges its part into the next one (None
+    for it), and a stamp earlier than the one before it (Slurm's whole seconds) counts as that one."""
+    out: dict = {p: None for p in STARTUP_PARTS}
+    if t_start is None or t_first_result is None:
+        return out
+    prev = t_start
+    for part, mark in zip(STARTUP_PARTS, [*STARTUP_MARKS, None]):
+        t = t_first_result if mark is None else stamps.get(mark)
+        if t is None:
+            continue
+        t = min(max(t, prev), t_first_result)
+        out[part], prev = t - prev, t
+    return out
+
+
 def complete(task: dict) -> bool:
     """A task that ran: ok, every required timestamp present and in order (submitted <= started <= ended)."""
     if not task.get("ok"):

@@ -3,6 +3,7 @@
 timeline-<workload>.png  node occupancy per run: nodes on y, seconds since the first submission on x, a bar per
                          task on each of its nodes (grey: start latency from `ready` to the first MPI_Init)
 overhead-<workload>.png  per-task overhead per run: box plot, and overhead vs task index (growth)
+startup-<workload>.png   each run's start-up (start to first result) as stacked parts (metrics.STARTUP_PARTS)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .metrics import ready_times, slope, task_figures
+from .metrics import STARTUP_PARTS, ready_times, slope, task_figures
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,39 @@ def overhead(entry: dict, path: Path) -> Path | None:
     return path
 
 
+def startup(entry: dict, path: Path) -> Path | None:
+    runs = [r for r in entry["runs"] if (r.get("summary") or {}).get("startup") is not None]
+    if not runs:
+        return None
+    fig = Figure(figsize=(10, 1.2 + 0.45 * len(runs)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for y, r in enumerate(runs):
+        parts, left = r["summary"].get("startup_parts") or {}, 0.0
+        for k, part in enumerate(STARTUP_PARTS):
+            width = parts.get(part)
+            if width:
+                ax.barh(y, width, left=left, height=0.7, color=_COLORS[k % len(_COLORS)],
+                        label=part if y == 0 or part not in ax.get_legend_handles_labels()[1] else None)
+                left += width
+        ax.text(r["summary"]["startup"], y, f" {r['summary']['startup']:.1f} s", va="center", fontsize=8)
+    ax.set_xlim(0, 1.15 * max(r["summary"]["startup"] for r in runs) or 1)   # room for the labels
+    ax.set_yticks(range(len(runs)), [r["name"] for r in runs], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the run's start to its first result")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7, ncol=len(STARTUP_PARTS), loc="lower right")
+    ax.set_title(f"start-up, {entry['description']}", fontsize=9, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_all(bench: dict, out_dir: Path) -> list[Path]:
     out = []
     for entry in bench["workloads"]:
         name = entry["workload"]["name"]
-        for make, stem in ((timeline, "timeline"), (overhead, "overhead")):
+        for make, stem in ((timeline, "timeline"), (overhead, "overhead"), (startup, "startup")):
             p = make(entry, Path(out_dir) / f"{stem}-{name}.png")
             if p is not None:
                 out.append(p)

@@ -35,6 +35,7 @@ class RawRun:
     placement_report: str = ""
     summary: dict = field(default_factory=dict)
     warm: dict | None = None        # with --warm / --compare-warm: the run's warm hold (bench/warmth.py describe)
+    startup: dict = field(default_factory=dict)   # start-up stamps (epoch s): metrics.STARTUP_MARKS, None if unknown
 
     @property
     def ran(self) -> bool:

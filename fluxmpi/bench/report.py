@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .metrics import COMPONENT_HELP, COMPONENTS
+from .metrics import COMPONENT_HELP, COMPONENTS, STARTUP_HELP, STARTUP_PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +72,32 @@ def render_markdown(bench: dict) -> str:
                 c = r["summary"]["components_mean"]
                 lines.append(f"| {r['name']} | " + " | ".join(_f(c.get(k)) for k in COMPONENTS)
                              + f" | {_f(r['summary'].get('overhead_mean'))} |")
+        lines += render_startup(entry)
         lines += render_warmth(entry)
         lines += render_wrapper_cost(entry)
         lines += render_container_cost(entry)
     lines += ["", "Components: " + "; ".join(f"**{k}** {COMPONENT_HELP[k]}" for k in COMPONENTS) + "."]
+    lines += ["", "Start-up parts: " + "; ".join(f"**{k}** {STARTUP_HELP[k]}" for k in STARTUP_PARTS) + "."]
     lines += ["", "## Targets", ""] + render_targets(bench.get("targets", []))
     return "\n".join(lines) + "\n"
+
+
+def render_startup(entry: dict) -> list[str]:
+    """Where each run's start-up (start to first result) went, beside its baseline's."""
+    rows = [r for r in entry["runs"] if (r.get("summary") or {}).get("startup") is not None]
+    if not rows:
+        return []
+    lines = ["", "Where the start-up goes (seconds from the run's start to its first result; '-' = no stamp there, "
+             "so the next column includes it):", "",
+             "| run | " + " | ".join(STARTUP_PARTS) + " | start-up | vs baseline |",
+             "|---|" + "---|" * (len(STARTUP_PARTS) + 2)]
+    for r in rows:
+        s = r["summary"]
+        parts = s.get("startup_parts") or {}
+        base = f" ({r['baseline']})" if s.get("startup_vs_baseline") is not None else ""
+        lines.append(f"| {r['name']} | " + " | ".join(_f(parts.get(k), 1) for k in STARTUP_PARTS)
+                     + f" | {_f(s['startup'], 1)} | {_f(s.get('startup_vs_baseline'), 2, suffix='x')}{base} |")
+    return lines
 
 
 def render_wrapper_cost(entry: dict) -> list[str]:
@@ -150,7 +170,9 @@ def render_targets(targets: list[dict]) -> list[str]:
         return ["(no target applies to these workloads and paths)"]
     what = {"overhead": "median overhead vs its bare baseline", "makespan": "makespan / lower bound",
             "growth": "overhead rise over the run / median overhead",
-            "container": "overhead with the image / without"}
+            "container": "overhead with the image / without",
+            "packing": "makespan ratio / htex's",
+            "startup": "start-up vs its bare baseline's"}
     lines = ["| target | workload | path | value | limit | met |", "|---|---|---|---|---|---|"]
     for t in targets:
         met = {True: "yes", False: "NO", None: f"n/a ({t['note']})"}[t["met"]]

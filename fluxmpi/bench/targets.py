@@ -6,13 +6,19 @@
 3. growth: on workloads of 200 tasks or more, each fluxmpi path's per-task overhead does not grow: the
    least-squares line through overhead vs task index rises by at most 10% of the median overhead from the first
    task to the last (its standard error is shown with it: on a shared machine, load drift moves it too).
-4. container: a +ctr row's overhead with its image's cost counted in, within 1.1x of the same path's overhead
+4. start-up: each fluxmpi path's time to first result within 1.5x of its bare baseline's (the baselines compile
+   the app too, so the start-ups compare).
+5. flux-jobs vs htex: on mixed sizes, flux-jobs' makespan ratio at or below htex's in the same run (both admit
+   by fluxmpi's node gate; Flux's own first-come order let nodes idle), i.e. their quotient at most 1.
+6. container: a +ctr row's overhead with its image's cost counted in, within 1.1x of the same path's overhead
    without the image (its +wrap row; fluxmpi.bench.driver.container_cost).
 """
 
 from __future__ import annotations
 
 import logging
+
+from . import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +28,7 @@ MAKESPAN_PATHS = ("flux", "flux-jobs", "htex")
 GROWTH_MIN_TASKS = 200
 GROWTH_LIMIT = 0.10
 CONTAINER_LIMIT = 1.10
+STARTUP_LIMIT = 1.5
 
 
 def evaluate(bench: dict) -> list[dict]:
@@ -36,12 +43,22 @@ def evaluate(bench: dict) -> list[dict]:
             value = (r.get("summary") or {}).get("overhead_vs_baseline")
             out.append(_target("overhead", wl["name"], r["name"], value, OVERHEAD_LIMIT,
                                _why_missing(r, base, "overhead_median")))
+            if not r.get("warm"):    # a warm run's start-up counts from its hold: not comparable
+                out.append(_target("startup", wl["name"], r["name"],
+                                   (r.get("summary") or {}).get("startup_vs_baseline"), STARTUP_LIMIT,
+                                   _why_missing(r, base, "startup")))
         if len(set(wl.get("sizes", []))) > 1:
             for name in MAKESPAN_PATHS:
                 r = runs.get(name)
                 value = (r.get("summary") or {}).get("makespan_ratio") if r else None
                 out.append(_target("makespan", wl["name"], name, value, MAKESPAN_LIMIT,
                                    _why_missing(r, None, "makespan_ratio")))
+            mine, htex = runs.get("flux-jobs"), runs.get("htex")
+            value = metrics.ratio(((mine or {}).get("summary") or {}).get("makespan_ratio"),
+                                  ((htex or {}).get("summary") or {}).get("makespan_ratio"))
+            out.append(_target("packing", wl["name"], "flux-jobs", value, 1.0,
+                               _why_missing(mine, htex, "makespan_ratio") if htex is not None
+                               else "htex not selected"))
         if wl["tasks"] >= GROWTH_MIN_TASKS:
             for r in entry["runs"]:
                 if r["kind"] == "path" and r["status"] in ("ok", "failed"):

@@ -152,7 +152,8 @@ def _plan_flux_jobs(site, specs, nodes_per_block):
     from .flux.install import check_flux
 
     check_flux()
-    # One block at a time (replaced when it ends); no gate: Flux queues the jobs and places them (exclusive is a jobspec key here, no core split).
+    # One block at a time (replaced when it ends); the executor's own gate admits (exclusive is a jobspec key
+    # here, no core split).
     return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
 
 
@@ -162,7 +163,7 @@ def _flux_jobs_config(site: Site, plan: Plan) -> Config:
                             worker_init=plan.worker_init, run_dir=plan.run_dir,
                             status_period=plan.resilience.status_period,
                             link_timeout=plan.resilience.heartbeat_threshold,
-                            max_block_failures=plan.resilience.max_block_failures)
+                            max_block_failures=plan.resilience.max_block_failures, admission=plan.admission)
 
 
 def _flux_jobs_resources(spec: MPITaskSpec) -> dict:

@@ -25,6 +25,14 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
   block could run is refused at submit.
 - A job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is kept out of every
   later job of that block (Parsl's retry can come before Flux has marked it offline).
+
+Admission (which waiting task goes to Flux when): Flux's default scheduler is first come, first served, and a
+queued job that does not fit yet holds back every job behind it, so on mixed sizes nodes idle while smaller
+tasks wait. So tasks that hold their nodes (exclusive, the default) go to the instance as fluxmpi's node gate
+would admit them (fluxmpi.launch.gate: largest-first or in-order) into the block's free nodes, one as each
+finished job frees nodes. While every such task waiting or queued has one size, the gate's order is Flux's own,
+so they all go at once and Flux starts each the moment nodes free (no round trip per task). Tasks that share
+their nodes (and the run's Python calls) go at once: Flux packs cores itself.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec
 from ..blocks import BlockShape, slurm_provider
+from ..gate import check_policy, pick_next
 from .block import WALLTIME_MARGIN, block_command
 from .client import InstanceClient
 from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
@@ -117,6 +126,31 @@ class _Block:
     def fits_time(self, req: JobRequest) -> bool:
         return req.walltime is None or req.walltime + START_SLACK <= self.time_left()
 
+    def held_nodes(self) -> list[JobRequest]:
+        """The jobs sent here that hold whole nodes (running or queued in Flux)."""
+        return [req for req, _ in self.sent.values() if holds_nodes(req)]
+
+
+def holds_nodes(req: JobRequest) -> bool:
+    """Whether the node gate admits `req`: an MPI task that keeps its nodes to itself."""
+    return req.kind != "python" and req.spec.exclusive
+
+
+def admit(waiting: list[JobRequest], held: list[JobRequest], nodes: int, policy: str = "largest-first") -> list[int]:
+    """Indices into `waiting` of the requests to send to an instance of `nodes` usable nodes, in sending order,
+    where `held` are the node-holding jobs already there (see the module docstring's Admission)."""
+    shared = [i for i, r in enumerate(waiting) if not holds_nodes(r)]
+    gated = [i for i, r in enumerate(waiting) if holds_nodes(r)]
+    if len({waiting[i].spec.nodes for i in gated} | {r.spec.nodes for r in held}) <= 1:
+        return shared + gated         # one size: first come, first served is the gate's order too
+    free = nodes - sum(r.spec.nodes for r in held)
+    chosen = []
+    while (k := pick_next([waiting[i].spec.nodes for i in gated], free, policy)) is not None:
+        i = gated.pop(k)
+        free -= waiting[i].spec.nodes
+        chosen.append(i)
+    return shared + chosen
+
 
 class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     """Run Parsl tasks as Flux jobs in a Slurm block holding a Flux instance (see the module docstring).
@@ -129,6 +163,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     executor fails the tasks left instead of starting another. rejoin_after: seconds after Flux lost a node
     during which a new block leaves it out even if Slurm still lists it up (Slurm notices a dead node only after
     its SlurmdTimeout); after that, what Slurm says decides, so a node that came back is used again.
+    admission: which waiting node-holding task goes to the instance first as nodes free up ("largest-first" or
+    "in-order", as the HTEX paths' node gate).
     """
 
     fluxmpi_launcher = LAUNCHER     # how fluxmpi's task bodies run here (fluxmpi.mpiapp)
@@ -141,8 +177,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                  gpus_per_node: int = 0, flux_path: str = "flux", working_dir: str | None = None,
                  walltime: int = 1800, uri_timeout: float = URI_TIMEOUT, python: str | None = None,
                  link_timeout: int | None = None, block_error_handler: bool | Callable = True,
-                 max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER):
+                 max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER,
+                 admission: str = "largest-first"):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
+        self.admission = check_policy(admission)
         self.label = label
         self.nodes_per_block, self.cores_per_node, self.gpus_per_node = nodes_per_block, cores_per_node, gpus_per_node
         self.flux_path, self.walltime, self.uri_timeout, self.python = flux_path, int(walltime), uri_timeout, python
@@ -426,13 +464,18 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             self._block_over(b, "its block is ending: the block program withdrew its instance")
             return
         with self._lock:
-            send, keep = [], []
+            fitting, keep = [], []
             for req, fut in self._waiting:
                 if fut.done():
                     continue
-                fits = b.fits_time(req) and req.spec.nodes <= b.nodes
-                (send if fits else keep).append((req, fut))
-            self._waiting = keep
+                fits = b.fits_time(req) and req.spec.nodes <= b.nodes - len(b.lost_hosts)
+                (fitting if fits else keep).append((req, fut))
+            picked = admit([req for req, _ in fitting], b.held_nodes(), b.nodes - len(b.lost_hosts),
+                           self.admission)
+            send = [fitting[i] for i in picked]
+            chosen = set(picked)
+            later = [item for i, item in enumerate(fitting) if i not in chosen]   # fit, but their nodes are busy
+            self._waiting = sorted(keep + later, key=lambda item: item[1].parsl_executor_task_id)
             for req, fut in send:
                 b.sent[id(fut)] = (req, fut)
             stuck = bool(keep) and not b.sent
@@ -543,14 +586,15 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
                      worker_init: str = "", run_dir: str = "runinfo", label: str = "flux_jobs",
                      install: FluxInstall | None = None, uri_timeout: float = URI_TIMEOUT,
                      status_period: int = 60, link_timeout: int | None = None, apply_env: bool = True,
-                     max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER) -> Config:
+                     max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER,
+                     admission: str = "largest-first") -> Config:
     """A Parsl Config with one FluxJobsExecutor: a Slurm block of `nodes_per_block` nodes running Flux at a
     time, replaced when it ends while tasks are left (max_block_failures, rejoin_after: FluxJobsExecutor's).
 
     worker_init: shell lines for the block before the brokers start; the jobs get the resulting environment.
     link_timeout: seconds before a broker whose link is down is dropped (as on the flux path: the run's
     heartbeat threshold). apply_env: export FLUX_SSH / FLUX_SSH_RCMD into this process (flux's ssh connector
-    reads them from it).
+    reads them from it). admission: the node gate's policy (FluxJobsExecutor).
     """
     install = install or check_flux()
     shape = BlockShape.build(site, nodes_per_block, 1, walltime)
@@ -562,5 +606,6 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
         label=label, nodes_per_block=shape.nodes_per_block, cores_per_node=site.cores_per_node,
         gpus_per_node=site.gpus_per_node, flux_path=install.flux,
         working_dir=str(Path(run_dir).resolve() / label), walltime=shape.walltime, uri_timeout=uri_timeout,
-        link_timeout=link_timeout, max_block_failures=max_block_failures, rejoin_after=rejoin_after)
+        link_timeout=link_timeout, max_block_failures=max_block_failures, rejoin_after=rejoin_after,
+        admission=admission)
     return Config(executors=[executor], run_dir=run_dir, strategy="none", initialize_logging=True)
