@@ -13,6 +13,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from .metrics import STARTUP_PARTS, ready_times, slope, task_figures
 
@@ -115,16 +116,15 @@ def startup(entry: dict, path: Path) -> Path | None:
         for k, part in enumerate(STARTUP_PARTS):
             width = parts.get(part)
             if width:
-                ax.barh(y, width, left=left, height=0.7, color=_COLORS[k % len(_COLORS)],
-                        label=part if y == 0 or part not in ax.get_legend_handles_labels()[1] else None)
+                ax.barh(y, width, left=left, height=0.7, color=_COLORS[k % len(_COLORS)])
                 left += width
         ax.text(r["summary"]["startup"], y, f" {r['summary']['startup']:.1f} s", va="center", fontsize=8)
     ax.set_xlim(0, 1.15 * max(r["summary"]["startup"] for r in runs) or 1)   # room for the labels
     ax.set_yticks(range(len(runs)), [r["name"] for r in runs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds from the run's start to its first result")
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7, ncol=len(STARTUP_PARTS), loc="lower right")
+    ax.legend(handles=[Patch(color=_COLORS[k % len(_COLORS)], label=part) for k, part in enumerate(STARTUP_PARTS)],
+              fontsize=7, ncol=len(STARTUP_PARTS), loc="lower right")
     ax.set_title(f"start-up, {entry['description']}", fontsize=9, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

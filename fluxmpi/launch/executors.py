@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from parsl.executors import HighThroughputExecutor, MPIExecutor
+from parsl.jobs.states import TERMINAL_STATES
 
 from ..logs import log_into
 from ..spec import MPITaskSpec, SpecError
@@ -49,7 +50,26 @@ def complete_resource_spec(rs: dict | None) -> dict:
     return {**rs, **spec.parsl_resource_spec()}
 
 
-class GatedMPIExecutor(MPIExecutor):
+class EarlyBlocks:
+    """Submits the initial blocks as the executor starts instead of at the strategy's first tick, which comes a
+    strategy period after the interchange is up (sbatch 1.0-2.1 s after parsl.load here); the strategy's own
+    initial scale-out then finds them running and adds none, since no executor here holds more than
+    provider.max_blocks blocks that have not ended."""
+
+    def start(self) -> None:
+        super().start()
+        if self.provider is not None and self.provider.init_blocks:
+            self.scale_out_facade(self.provider.init_blocks)
+
+    def scale_out_facade(self, n: int) -> list[str]:
+        if self.provider is None:
+            return super().scale_out_facade(n)
+        live = sum(1 for s in self._status.values() if s.state not in TERMINAL_STATES)
+        n = min(n, max(0, self.provider.max_blocks - live))
+        return super().scale_out_facade(n) if n > 0 else []
+
+
+class GatedMPIExecutor(EarlyBlocks, MPIExecutor):
     """Parsl's MPIExecutor with admission by free nodes and submit-time refusal of tasks that cannot fit.
 
     nodes_per_block: nodes of each block (the gate's capacity). admission: which waiting task goes first when
@@ -101,7 +121,7 @@ class GatedMPIExecutor(MPIExecutor):
         super().shutdown(*args, **kwargs)
 
 
-class StaticBlocksExecutor(HighThroughputExecutor):
+class StaticBlocksExecutor(EarlyBlocks, HighThroughputExecutor):
     """HTEX with one worker per block and every task spanning the whole block (the pre-MPI-mode workaround).
 
     A task of another size than the block is refused at submit: a smaller one would leave nodes idle and a
