@@ -5,7 +5,12 @@ grouped per task into a :class:`TaskPlacement`; the checks return lists of
 :class:`Problem` and :func:`check_run` folds them into a :class:`Report`.
 
 Expectations are duck-typed: any object with integer ``.nodes`` and
-``.ranks_per_node`` attributes (such as the task spec) will do.
+``.ranks_per_node`` attributes (such as the task spec) will do; one with ``.gpus_per_rank`` >= 1 also has its
+GPUs checked: each rank saw exactly that many devices, and no device of a node was seen by two ranks running at
+the same time (of one task or of two). A rank's devices are what its launcher made visible (the first of
+GPU_VARIABLES it has), so the check compares node-wide indices: right where devices are not confined per job
+(this project's local cluster, Flux, PBS/PALS with per-rank masks); where a cgroup renumbers each job's devices
+from 0, concurrent jobs on one node look as if they shared.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ from typing import Any, Iterable, Mapping
 from .errors import FluxmpiError
 
 logger = logging.getLogger(__name__)
+
+# The variables through which launchers tell a rank its GPUs, in the order they are read.
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
 
 REQUIRED_KEYS = ("app", "task", "host", "rank", "size", "pid", "cpus")
 TIME_KEYS = ("t_start", "t_init", "t_end")
@@ -74,6 +82,15 @@ class RankRecord:
     t_end: float | None = None
     work: Mapping[str, Any] | None = None
     source: str = ""  # where it was read, "file:line"
+
+    @property
+    def devices(self) -> frozenset[str] | None:
+        """The GPUs this rank was given (GPU_VARIABLES), or None when no such variable was set."""
+        for name in GPU_VARIABLES:
+            value = self.gpus.get(name)
+            if value is not None:
+                return frozenset(d.strip() for d in str(value).split(",") if d.strip())
+        return None
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "") -> "RankRecord":
@@ -226,6 +243,9 @@ class TaskPlacement:
     def cpus_on(self, host: str) -> frozenset[int]:
         return frozenset().union(*(r.cpus for r in self.records if r.host == host))
 
+    def gpus_on(self, host: str) -> frozenset[str]:
+        return frozenset().union(*(r.devices or () for r in self.records if r.host == host))
+
 
 def group_by_task(records: Iterable[RankRecord]) -> dict[str, TaskPlacement]:
     by_task: dict[str, list[RankRecord]] = defaultdict(list)
@@ -256,9 +276,10 @@ def _positive_int(name: str, value: Any, task: str) -> int:
     return value
 
 
-def check_task(placement: TaskPlacement, nodes: int, ranks_per_node: int) -> list[Problem]:
+def check_task(placement: TaskPlacement, nodes: int, ranks_per_node: int, gpus_per_rank: int = 0) -> list[Problem]:
     """Every rank 0..size-1 reported once, sizes agree and equal nodes*ranks_per_node,
-    exactly ``nodes`` hosts with exactly ``ranks_per_node`` ranks on each."""
+    exactly ``nodes`` hosts with exactly ``ranks_per_node`` ranks on each; with ``gpus_per_rank``, each rank saw
+    that many GPUs and no two of its ranks on a node saw the same one."""
     task = placement.task
     nodes = _positive_int("nodes", nodes, task)
     ranks_per_node = _positive_int("ranks_per_node", ranks_per_node, task)
@@ -311,6 +332,29 @@ def check_task(placement: TaskPlacement, nodes: int, ranks_per_node: int) -> lis
                     host=host,
                 )
             )
+    if gpus_per_rank:
+        problems += check_task_gpus(placement, gpus_per_rank)
+    return problems
+
+
+def check_task_gpus(placement: TaskPlacement, gpus_per_rank: int) -> list[Problem]:
+    problems: list[Problem] = []
+    for r in placement.records:
+        seen = r.devices
+        if seen is None:
+            problems.append(Problem(f"saw no GPU (none of {', '.join(GPU_VARIABLES)} set), expected {gpus_per_rank}",
+                                    task=placement.task, rank=r.rank, host=r.host))
+        elif len(seen) != gpus_per_rank:
+            problems.append(Problem(f"saw {len(seen)} GPU(s) ({','.join(sorted(seen)) or 'none'}), expected "
+                                    f"{gpus_per_rank}", task=placement.task, rank=r.rank, host=r.host))
+    for host in placement.nodes:
+        owner: dict[str, int] = {}
+        for r in placement.records:
+            for d in sorted(r.devices or ()) if r.host == host else ():
+                if d in owner:
+                    problems.append(Problem(f"GPU {d} was given to ranks {owner[d]} and {r.rank} at once",
+                                            task=placement.task, rank=r.rank, host=host))
+                owner.setdefault(d, r.rank)
     return problems
 
 
@@ -337,20 +381,25 @@ def check_no_shared_cores(placements: Mapping[str, TaskPlacement] | Iterable[Tas
                 shared = p.cpus_on(host) & q.cpus_on(host)
                 if shared:
                     problems.append(_shared_problem(q, p, host, shared))
+                devices = p.gpus_on(host) & q.gpus_on(host)
+                if devices:
+                    problems.append(_shared_problem(q, p, host, devices, "GPUs"))
         active.append((end, p))
     return problems
 
 
-def _shared_problem(a: TaskPlacement, b: TaskPlacement, host: str, shared: frozenset[int]) -> Problem:
+def _shared_problem(a: TaskPlacement, b: TaskPlacement, host: str, shared: frozenset, what: str = "cpus") -> Problem:
     first, second = sorted((a, b), key=lambda p: _natural(p.task))
 
     def ranks(p: TaskPlacement) -> str:
-        return _ranges(sorted(r.rank for r in p.records if r.host == host and r.cpus & shared))
+        mine = (lambda r: r.cpus) if what == "cpus" else (lambda r: r.devices or frozenset())
+        return _ranges(sorted(r.rank for r in p.records if r.host == host and mine(r) & shared))
 
     untimed = [p.task for p in (first, second) if p.start is None or p.end is None]
     note = f" (task {', '.join(untimed)} has no times: assumed concurrent)" if untimed else ""
     return Problem(
-        f"tasks {first.task} and {second.task} ran at the same time and shared cpus {_ranges(sorted(shared))}: "
+        f"tasks {first.task} and {second.task} ran at the same time and shared {what} "
+        f"{_ranges(sorted(shared)) if what == 'cpus' else ','.join(sorted(shared))}: "
         f"ranks {ranks(first)} of {first.task}, ranks {ranks(second)} of {second.task}{note}",
         task=first.task,
         other_task=second.task,
@@ -365,6 +414,7 @@ class Report:
     placements: dict[str, TaskPlacement]
     expected: tuple[str, ...]
     problems: list[Problem]
+    with_gpus: bool = False      # some task asked for GPUs: the report lists every rank's CPUs and GPUs
 
     @property
     def ok(self) -> bool:
@@ -372,8 +422,12 @@ class Report:
 
     def render(self) -> str:
         lines = [render_table(self.placements), ""]
+        if self.with_gpus:
+            lines += [render_affinity(self.placements), ""]
         if self.ok:
-            lines.append(f"OK: {len(self.expected)} tasks placed as expected, no CPU shared between concurrent tasks")
+            shared = "CPU or GPU" if self.with_gpus else "CPU"
+            lines.append(f"OK: {len(self.expected)} tasks placed as expected, no {shared} shared between concurrent "
+                         "tasks")
         else:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  {p}" for p in self.problems]
@@ -398,7 +452,7 @@ def check_run(
         placements = placements.placements()
     by_task = {p.task: p for p in _as_placements(placements)}
 
-    wanted: dict[str, tuple[int, int]] = {}
+    wanted: dict[str, tuple[int, int, int]] = {}
     for key, spec in expected.items():
         task = str(key)
         try:
@@ -407,7 +461,8 @@ def check_run(
             raise PlacementInputError(
                 f"expected[{key!r}] must have .nodes and .ranks_per_node, got {type(spec).__name__}"
             ) from None
-        wanted[task] = (_positive_int("nodes", nodes, task), _positive_int("ranks_per_node", rpn, task))
+        wanted[task] = (_positive_int("nodes", nodes, task), _positive_int("ranks_per_node", rpn, task),
+                        int(getattr(spec, "gpus_per_rank", 0) or 0))
 
     for task in sorted(wanted, key=_natural):
         if task not in by_task:
@@ -421,6 +476,7 @@ def check_run(
         placements={t: by_task[t] for t in sorted(by_task, key=_natural)},
         expected=tuple(sorted(wanted, key=_natural)),
         problems=problems,
+        with_gpus=any(g for _, _, g in wanted.values()),
     )
 
 
@@ -466,6 +522,16 @@ def compress_hosts(hosts: Iterable[str]) -> str:
             inner = ",".join(r[0] if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
             parts.append((prefix, f"{prefix}[{inner}]"))
     return ",".join(text for _, text in sorted(parts))
+
+
+def render_affinity(placements: Mapping[str, TaskPlacement] | Iterable[TaskPlacement]) -> str:
+    """One row per rank: where it ran, its CPUs and the GPUs it was given (as the users' affinity apps print)."""
+    header = ("TASK", "RANK", "HOST", "CPUS", "GPUS")
+    rows = [(p.task, str(r.rank), r.host, _ranges(sorted(r.cpus)),
+             "-" if r.devices is None else ",".join(sorted(r.devices, key=_natural)) or "none")
+            for p in sorted(_as_placements(placements), key=lambda p: _natural(p.task)) for r in p.records]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def render_table(placements: Mapping[str, TaskPlacement] | Iterable[TaskPlacement]) -> str:

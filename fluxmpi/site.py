@@ -47,7 +47,8 @@ class Site:
     def from_local_cluster(cls, cluster: LocalCluster) -> "Site":
         lay = cluster.layout
         return cls(name=f"local:{lay.name}", partition=lay.partition, nodes=lay.nodes,
-                   cores_per_node=lay.cpus_per_node, address=lay.login_address, env=cluster.env(),
+                   cores_per_node=lay.cpus_per_node, gpus_per_node=lay.gpus_per_node,
+                   address=lay.login_address, env=cluster.env(),
                    ssh=str(lay.ssh_wrapper), container_binds=(str(lay.state_dir),))
 
     @classmethod

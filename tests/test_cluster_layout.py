@@ -33,6 +33,8 @@ def test_two_cluster_names_do_not_collide():
     ({"subnet": "10.1.2.3/24"}, "10.1.2.3/24"),
     ({"subnet": "10.1.2.0/28"}, "10.1.2.0/28"),
     ({"name": "Bad Name"}, "'Bad Name'"),
+    ({"gpus_per_node": -1}, "--gpus-per-node -1"),
+    ({"gpus_per_node": 17}, "--gpus-per-node 17"),
 ])
 def test_bad_parameters_name_the_value(kw, fragment):
     with pytest.raises(LayoutError) as err:
@@ -53,6 +55,21 @@ def test_slurm_conf_has_the_facts_that_make_namespaced_nodes_work():
     assert len(node_lines) == 2
     assert all("CPUs=3" in line and "CoresPerSocket=3" in line for line in node_lines)
     assert f"Nodes={lay.nodelist}" in text
+    assert "Gres=" not in text and "GresTypes" not in text        # no GPUs unless asked
+
+
+def test_gpus_are_slurm_gres_over_one_stand_in_device_file_each():
+    lay = ClusterLayout(name="fxconf", nodes=2, cpus_per_node=2, gpus_per_node=4)
+    text = configs.slurm_conf(lay).splitlines()
+    assert "GresTypes=gpu" in text
+    assert all(" Gres=gpu:4 " in line for line in text if line.startswith("NodeName="))
+    gres = configs.gres_conf(lay).splitlines()
+    assert "AutoDetect=off" in gres       # no driver to ask: Slurm takes the files as listed
+    for node in lay.node_names:
+        files = lay.gpu_files(node)
+        assert [f.name for f in files] == ["gpu0", "gpu1", "gpu2", "gpu3"]
+        assert f"NodeName={node} Name=gpu File={files[0].parent}/gpu[0-3]" in gres
+    assert lay.gres_conf.parent == lay.slurm_conf.parent       # where slurmd looks for it
 
 
 def test_ssh_settings_pin_the_cluster_key_and_known_hosts():

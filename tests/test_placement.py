@@ -302,3 +302,55 @@ def test_records_extend_keeps_problems():
     merged.extend(a)
     merged.extend(b)
     assert len(merged.records) == 1 and [p.where for p in merged.problems] == ["f:1"]
+
+
+# ---- GPUs ----------------------------------------------------------------------------------------------
+# The records' GPU variables are written here as a launcher sets them; no GPU exists on these machines.
+
+def with_gpus(records, devices, variable="CUDA_VISIBLE_DEVICES"):
+    """The records with each rank given its devices (a string as the launcher sets it, or None: not set)."""
+    out = []
+    for r, d in zip(records, devices):
+        out.append({**r, "gpus": {} if d is None else {variable: d}})
+    return out
+
+
+def test_each_rank_must_see_exactly_its_gpus_and_no_other_rank_of_its_node_the_same():
+    recs = task_records("t1", GOOD_2x2, T0 + 1, T0 + 2)
+    good = placement_of(with_gpus(recs, ["0", "1", "0", "1"]))
+    assert check_task(good, 2, 2, gpus_per_rank=1) == []
+    assert check_task(placement_of(with_gpus(recs, ["0,1", "2,3", "0,1", "2,3"])), 2, 2, gpus_per_rank=2) == []
+    # Rank 1 was not given its own device: it shares rank 0's.
+    shared = check_task(placement_of(with_gpus(recs, ["0", "0", "0", "1"])), 2, 2, gpus_per_rank=1)
+    assert [(p.rank, p.host) for p in shared] == [(1, "node1")]
+    assert "GPU 0 was given to ranks 0 and 1 at once" in str(shared[0])
+    # Too many, none, and no variable at all are each named; the AMD variable counts as well.
+    problems = check_task(placement_of(with_gpus(recs, ["0,1", "", None, "3"])), 2, 2, gpus_per_rank=1)
+    assert [(p.rank, p.message.split(" (")[0]) for p in problems] == [
+        (0, "saw 2 GPU(s)"), (1, "saw 0 GPU(s)"), (2, "saw no GPU")]
+    amd = placement_of(with_gpus(recs, ["0", "1", "0", "1"], "ROCR_VISIBLE_DEVICES"))
+    assert check_task(amd, 2, 2, gpus_per_rank=1) == []
+    assert check_task(placement_of(recs), 2, 2) == []          # no GPUs asked: none checked
+
+
+def test_concurrent_tasks_must_not_share_a_gpu_and_the_report_lists_every_rank():
+    a = with_gpus(task_records("t1", [("node1", {0}), ("node1", {1})], T0 + 1, T0 + 3), ["0", "1"])
+    b = with_gpus(task_records("t2", [("node1", {0}), ("node1", {1})], T0 + 2, T0 + 4), ["2", "3"])
+    b = [{**r, "cpus": [2 + r["rank"]]} for r in b]        # other cores too: only GPUs can collide
+    spec = SimpleNamespace(nodes=1, ranks_per_node=2, gpus_per_rank=1)
+    report = check_run(parse_lines(lines(a + b)), {"t1": spec, "t2": spec})
+    assert report.ok, report.render()
+    text = report.render()
+    assert "no CPU or GPU shared between concurrent tasks" in text
+    affinity = text.split("TASK  RANK")[1]       # the per-rank table, after the per-task one
+    assert [line.split() for line in affinity.splitlines() if line.startswith("t2 ")] == \
+        [["t2", "0", "node1", "2", "2"], ["t2", "1", "node1", "3", "3"]]
+    # The doctored record: t2's rank 1 was given t1's GPU 1 while t1 ran.
+    doctored = b[:1] + [{**b[1], "gpus": {"CUDA_VISIBLE_DEVICES": "1"}}]
+    report = check_run(parse_lines(lines(a + doctored)), {"t1": spec, "t2": spec})
+    assert not report.ok
+    (problem,) = report.problems
+    assert "tasks t1 and t2 ran at the same time and shared GPUs 1: ranks 1 of t1, ranks 1 of t2" in str(problem)
+    # One after the other, the same GPUs are fine.
+    later = [{**r, "t_init": r["t_init"] + 10, "t_end": r["t_end"] + 10} for r in doctored]
+    assert check_run(parse_lines(lines(a + later)), {"t1": spec, "t2": spec}).ok

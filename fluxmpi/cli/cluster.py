@@ -41,17 +41,21 @@ def cluster() -> None:
 @name_option
 @click.option("-N", "--nodes", type=int, default=DEFAULT_NODES, show_default=True, help="Number of nodes.")
 @click.option("--cpus-per-node", type=int, default=None, help="Cores Slurm sees per node [default: this machine's].")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True,
+              help="GPUs Slurm schedules per node (GRES over stand-in device files: the binding is Slurm's own, "
+                   "nothing computes).")
 @click.option("--subnet", default="", help="Private IPv4 /24 for the nodes [default: derived from --name].")
 @click.option("--timeout", type=float, default=90, show_default=True, help="Seconds to wait for idle nodes.")
 @click.option("--elastic", is_flag=True,
               help="Slurm power saving: idle nodes power down (their daemons stop) and jobs power them up again.")
 @click.option("--resume-delay", type=float, default=None,
               help=f"With --elastic: seconds a powered-down node takes to come back [{DEFAULT_RESUME_DELAY:g}].")
-def up(name: str, nodes: int, cpus_per_node: int | None, subnet: str, timeout: float, elastic: bool,
-       resume_delay: float | None) -> None:
+def up(name: str, nodes: int, cpus_per_node: int | None, gpus_per_node: int, subnet: str, timeout: float,
+       elastic: bool, resume_delay: float | None) -> None:
     """Boot the cluster and wait until every node is idle (does nothing if it is already up)."""
     try:
         kw = {"cpus_per_node": cpus_per_node} if cpus_per_node else {}
+        kw["gpus_per_node"] = gpus_per_node
         if elastic:
             kw.update(elastic=True, resume_delay=DEFAULT_RESUME_DELAY if resume_delay is None else resume_delay)
         elif resume_delay is not None:

@@ -61,16 +61,29 @@ def slurm_conf(layout: ClusterLayout) -> str:
         "KillWait=5",
         "MinJobAge=120",
     ]
+    if layout.gpus_per_node:
+        lines.append("GresTypes=gpu")
     if layout.elastic:
         lines += power_saving_lines(layout)
     c = layout.cpus_per_node
+    gres = f" Gres=gpu:{layout.gpus_per_node}" if layout.gpus_per_node else ""
     for node in layout.node_names:
         lines.append(
             f"NodeName={node} NodeAddr={layout.node_address(node)} NodeHostname={node} CPUs={c} "
-            f"Boards=1 Sockets=1 CoresPerSocket={c} ThreadsPerCore=1 RealMemory={layout.memory_per_node_mb} "
-            f"State=UNKNOWN")
+            f"Boards=1 Sockets=1 CoresPerSocket={c} ThreadsPerCore=1 RealMemory={layout.memory_per_node_mb}"
+            f"{gres} State=UNKNOWN")
     lines.append(
         f"PartitionName={layout.partition} Nodes={layout.nodelist} Default=YES MaxTime=INFINITE State=UP")
+    return "\n".join(lines) + "\n"
+
+
+def gres_conf(layout: ClusterLayout) -> str:
+    """Each node's GPUs as files Slurm hands out (AutoDetect off: there is no driver to ask). With no cgroup
+    device plugin, Slurm only sets the visibility variables (CUDA_VISIBLE_DEVICES, ...) from these indices."""
+    lines = [f"# Written by fluxmpi for the local cluster {layout.name!r}: stand-in GPU device files.", "AutoDetect=off"]
+    for node in layout.node_names:
+        files = layout.gpu_files(node)
+        lines.append(f"NodeName={node} Name=gpu File={files[0].parent}/gpu[0-{len(files) - 1}]")
     return "\n".join(lines) + "\n"
 
 

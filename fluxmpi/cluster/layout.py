@@ -29,6 +29,7 @@ DEFAULT_STATE_ROOT = "/var/tmp/fluxmpi/clusters"
 DEFAULT_RESUME_DELAY = 10.0
 DEFAULT_SUSPEND_TIME = 30
 MAX_RESUME_DELAY = 600.0
+MAX_GPUS_PER_NODE = 16
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
 
@@ -51,6 +52,9 @@ class ClusterLayout:
     name: str = DEFAULT_NAME
     nodes: int = DEFAULT_NODES
     cpus_per_node: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # GPUs Slurm schedules on each node (GRES): stand-in device files, so Slurm's own binding logic
+    # (--gpus-per-task, CUDA_VISIBLE_DEVICES) runs for real; nothing computes on them.
+    gpus_per_node: int = 0
     subnet: str = ""
     node_prefix: str = ""
     partition: str = DEFAULT_PARTITION
@@ -71,6 +75,10 @@ class ClusterLayout:
                 or not 1 <= self.cpus_per_node <= 256:
             raise LayoutError(
                 f"--cpus-per-node {self.cpus_per_node!r} is out of range: give a whole number from 1 to 256")
+        if isinstance(self.gpus_per_node, bool) or not isinstance(self.gpus_per_node, int) \
+                or not 0 <= self.gpus_per_node <= MAX_GPUS_PER_NODE:
+            raise LayoutError(f"--gpus-per-node {self.gpus_per_node!r} is out of range: give a whole number from 0 "
+                              f"to {MAX_GPUS_PER_NODE}")
         if not self.subnet:
             object.__setattr__(self, "subnet", f"10.77.{_name_octet(self.name)}.0/24")
         try:
@@ -174,6 +182,14 @@ class ClusterLayout:
     @property
     def slurm_conf(self) -> Path:
         return self.state_dir / "etc" / "slurm.conf"
+
+    @property
+    def gres_conf(self) -> Path:
+        return self.state_dir / "etc" / "gres.conf"     # next to slurm.conf, where Slurm looks for it
+
+    def gpu_files(self, node: str) -> list[Path]:
+        """The stand-in device files of `node`'s GPUs, in index order (Slurm numbers them from the name)."""
+        return [self.state_dir / "dev" / node / f"gpu{i}" for i in range(self.gpus_per_node)]
 
     @property
     def munge_socket(self) -> Path:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from .processes import (
 logger = logging.getLogger(__name__)
 
 UP_TIMEOUT = 90.0
+# The stand-in GPU files are character devices with /dev/null's numbers: harmless if a program opens one.
+NULL_DEVICE = os.makedev(1, 3)
 DOWN_WAIT = 15.0   # seconds `down` waits for the processes it stopped to leave the process table
 
 
@@ -226,6 +229,14 @@ class LocalCluster:
             (s / "spool" / node).mkdir(parents=True, exist_ok=True)
             (s / "tmp" / node).mkdir(parents=True, exist_ok=True)
         lay.slurm_conf.write_text(configs.slurm_conf(lay))
+        if lay.gpus_per_node:
+            for node in lay.node_names:
+                for f in lay.gpu_files(node):
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    if not f.is_char_device():   # Slurm takes only character or block devices as GPU files
+                        f.unlink(missing_ok=True)
+                        os.mknod(f, stat.S_IFCHR | 0o644, NULL_DEVICE)
+            lay.gres_conf.write_text(configs.gres_conf(lay))
         (s / "etc" / "sshd_config").write_text(configs.sshd_config(lay))
         lay.ssh_config.write_text(configs.ssh_config(lay))
         lay.ssh_wrapper.write_text(configs.ssh_wrapper(lay))
