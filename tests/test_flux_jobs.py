@@ -220,6 +220,29 @@ def test_the_block_starts_one_broker_per_node_with_the_publisher_as_initial_prog
     assert "-Stbon" not in block_command("/i.json", "flux", 3, 2, 600)
 
 
+def test_a_block_with_gpus_tells_its_instance_the_nodes_gpus_and_each_rank_gets_its_own():
+    cmd = block_command("/run/block-0/instance.json", "flux", 2, 2, 600, gpus_per_node=4)
+    write, start = cmd.split(" && ")
+    # The nodes Slurm gave the block, with their cores and GPUs: Flux's hwloc discovery finds no GPU here.
+    assert '"$SLURM_JOB_NODELIST" > /run/block-0/resource.toml' in write
+    assert 'noverify = true' in write and 'cores = \\"0-1\\"' not in write and 'cores = "0-1"' in write
+    assert 'gpus = "0-3"' in write
+    assert " flux start -c /run/block-0/resource.toml " in start
+    assert " && " not in block_command("/i.json", "flux", 2, 2, 600)       # no GPUs: as before
+    from fluxmpi.launch.flux.jobspec import gpu_affinity
+    # An exclusive job holds all of a node's GPUs: each local rank is mapped to its own; a shared job got just
+    # its own, which per-task divides.
+    assert gpu_affinity(MPITaskSpec(nodes=2, ranks_per_node=2, gpus_per_rank=1)) == "map:0;1"
+    assert gpu_affinity(MPITaskSpec(nodes=1, ranks_per_node=2, gpus_per_rank=2)) == "map:0-1;2-3"
+    assert gpu_affinity(MPITaskSpec(nodes=1, ranks_per_node=2, gpus_per_rank=1, exclusive=False)) == "per-task"
+    args, kw = _call(spec=MPITaskSpec(nodes=1, ranks_per_node=2, gpus_per_rank=1))
+    js = jobspec(mpi_request(run_mpi_task, None, args, kw, "/out"), {}, "/w")
+    assert js["attributes"]["system"]["shell"]["options"]["gpu-affinity"] == "map:0;1"
+    args, kw = _call(spec=MPITaskSpec(nodes=1, ranks_per_node=2))
+    assert "gpu-affinity" not in jobspec(mpi_request(run_mpi_task, None, args, kw, "/out"), {}, "/w")[
+        "attributes"]["system"]["shell"]["options"]
+
+
 def test_jobs_get_the_blocks_environment_without_the_brokers_own_variables():
     env = job_environment({"PATH": "/p", "OMPI_MCA_btl": "tcp", "FLUX_URI": "local:///x", "SLURM_JOB_ID": "3",
                            "PMI_FD": "4", "FLUXMPI_ENV_FILE": "/e", "SHLVL": "2"})

@@ -286,7 +286,9 @@ def test_flux_executor_spec():
 
 def test_flux_run_args():
     assert BASIC.flux_run_args() == ["-N", "2", "-n", "4", "-c", "1", "-x", "-t", "600s"]
-    assert RICH.flux_run_args() == ["-N", "3", "-n", "6", "-c", "4", "--gpus-per-task", "1", "-t", "93784s"]
+    # RICH shares its nodes: its job gets just its GPUs, which per-task affinity divides among the ranks.
+    assert RICH.flux_run_args() == ["-N", "3", "-n", "6", "-c", "4", "--gpus-per-task", "1", "-o",
+                                    "gpu-affinity=per-task", "-t", "93784s"]
     assert MPITaskSpec(1, 1, exclusive=False).flux_run_args() == ["-N", "1", "-n", "1", "-c", "1"]
 
 

@@ -17,7 +17,8 @@ def flux_run_args(spec) -> list[str]:
     """
     argv = ["-N", str(spec.nodes), "-n", str(spec.ranks), "-c", str(spec.cores_per_rank)]
     if spec.gpus_per_rank:
-        argv += ["--gpus-per-task", str(spec.gpus_per_rank)]
+        from ..launch.flux.jobspec import gpu_affinity   # each rank its own GPUs (see there)
+        argv += ["--gpus-per-task", str(spec.gpus_per_rank), "-o", f"gpu-affinity={gpu_affinity(spec)}"]
     if spec.exclusive:
         argv.append("-x")
     if spec.walltime is not None:

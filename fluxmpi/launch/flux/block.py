@@ -37,15 +37,26 @@ def job_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def block_command(info_file: str, flux: str, nodes: int, cores_per_node: int, walltime: int,
-                  python: str | None = None, link_timeout: int | None = None) -> str:
+                  python: str | None = None, link_timeout: int | None = None, gpus_per_node: int = 0) -> str:
     """The shell command a Slurm block runs (after its worker_init): brokers on every node as the Flux path
-    starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first."""
+    starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first.
+
+    gpus_per_node: the instance is told its nodes' cores and GPUs by a resource configuration the block writes
+    for the nodes Slurm gave it, next to info_file: Flux's own discovery (hwloc) finds no GPU that a driver does
+    not show, and would drain a node whose GPUs it cannot see."""
     from .executor import (
         broker_step,  # here, not at the top: the block program itself imports only the stdlib
     )
     program = [python or sys.executable, "-m", "fluxmpi.launch.flux.block", info_file, flux, str(int(walltime))]
-    return " ".join(shlex.quote(a) for a in broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
-                    + program)
+    brokers = broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
+    if not gpus_per_node:
+        return " ".join(shlex.quote(a) for a in brokers + program)
+    conf = os.path.join(os.path.dirname(info_file), "resource.toml")
+    write = (f"printf '[resource]\\nnoverify = true\\n[[resource.config]]\\nhosts = \"%s\"\\ncores = \"0-{cores_per_node - 1}\"\\n"
+             f"gpus = \"0-{gpus_per_node - 1}\"\\n' \"$SLURM_JOB_NODELIST\" > {shlex.quote(conf)}")
+    start = brokers.index("start") + 1
+    brokers[start:start] = ["-c", conf]
+    return write + " && " + " ".join(shlex.quote(a) for a in brokers + program)
 
 
 def remote_uri(flux: str, local_uri: str, timeout: float = URI_TIMEOUT) -> str:

@@ -227,7 +227,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             pass
         nodes = self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block
         return block_command(info, self.flux_path, nodes, self.cores_per_node, self.walltime,
-                             python=self.python, link_timeout=self.link_timeout)
+                             python=self.python, link_timeout=self.link_timeout, gpus_per_node=self.gpus_per_node)
 
     def start(self) -> None:
         log_into(self.run_dir)
