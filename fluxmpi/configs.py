@@ -19,6 +19,10 @@ nothing else in the workflow needs to change. Options each path takes (all optio
 | resilience | htex, htex-mpiexec, static, flux, flux-jobs | heartbeats, block polling, tolerated block failures (fluxmpi.launch.blocks.Resilience) |
 | admission | htex, htex-mpiexec, flux-jobs | which waiting task the node gate admits first: "largest-first" or "in-order" |
 | blocks | static | blocks held at once [as many as the partition holds] |
+
+Besides the MPI paths, "htex-gpus" is one task per GPU (fluxmpi.launch.gpu_workers): a worker per GPU on every
+node of the block, for single-node GPU tasks (nodes_per_block, walltime, worker_init, env_file, run_dir, retries,
+resilience).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ OPTIONS = {
     "flux": COMMON + ("resilience",),
     "flux-jobs": COMMON + ("resilience", "admission"),
     "plain": COMMON,
+    "htex-gpus": COMMON + ("resilience",),
 }
 
 
@@ -82,6 +87,9 @@ def config(path: str, site: Site, **options: Any) -> Config:
         built = flux_jobs_config(site, status_period=res.status_period, link_timeout=res.heartbeat_threshold,
                                  max_block_failures=res.max_block_failures,
                                  admission=options.get("admission", "largest-first"), **common)
+    elif path == "htex-gpus":
+        from .launch.gpu_workers import gpu_workers_config
+        built = gpu_workers_config(site, resilience=res, **common)
     else:
         from .launch.plain import plain_htex_config
         built = plain_htex_config(site, **common)

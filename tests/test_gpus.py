@@ -1,4 +1,5 @@
-"""GPUs bound by the scheduler for real, on a local cluster whose nodes declare 4 GPUs each.
+"""GPUs: the one-task-per-GPU config (always), and GPUs bound by the scheduler for real on a local cluster
+whose nodes declare 4 GPUs each (marked cluster).
 
 The GPUs are stand-ins: character device files (with /dev/null's numbers) that Slurm's GRES plugin hands out,
 so Slurm's own binding (--gpus-per-task sets CUDA_VISIBLE_DEVICES per rank) is what runs; nothing computes on
@@ -6,8 +7,13 @@ them. Each rank's record (the rank wrapper's) says which GPUs it was given, and 
 against the task spec.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
-from conftest import part_missing
+from conftest import REPO, part_missing
 
 from fluxmpi import placement
 from fluxmpi.cluster import ClusterLayout
@@ -17,7 +23,26 @@ from fluxmpi.runner import run_tasks
 from fluxmpi.site import Site
 from fluxmpi.spec import MPITaskSpec, SpecError
 
-pytestmark = pytest.mark.cluster
+CLUSTER = pytest.mark.cluster
+
+
+def _test_site(cores, gpus):
+    return Site(name="test", partition="debug", nodes=4, cores_per_node=cores, gpus_per_node=gpus, address="10.0.0.1")
+
+
+@pytest.mark.parametrize("cores, affinity", [(8, "block"), (2, "none")])
+def test_the_one_task_per_gpu_config_gives_every_gpu_a_worker(tmp_path, cores, affinity):
+    """Without a cluster: what fluxmpi.config("htex-gpus") builds."""
+    import fluxmpi
+    from parsl.launchers import SrunLauncher
+
+    (ex,) = fluxmpi.config("htex-gpus", site=_test_site(cores, 4), run_dir=str(tmp_path), nodes_per_block=2).executors
+    assert ex.available_accelerators == ["0", "1", "2", "3"] and ex.max_workers_per_node == 4
+    assert ex.cpu_affinity == affinity and ex.cores_per_worker == cores / 4      # each GPU its share of cores
+    assert isinstance(ex.provider.launcher, SrunLauncher) and "--ntasks-per-node=1" in ex.provider.launcher.overrides
+    assert ex.provider.nodes_per_block == 2 and ex.provider.exclusive
+    with pytest.raises(SpecError, match="has no GPUs per node"):
+        fluxmpi.config("htex-gpus", site=_test_site(cores, 0), run_dir=str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +60,7 @@ def gpu_site():
         assert not local.leftovers(), local.leftovers()
 
 
+@CLUSTER
 def test_the_site_sees_the_gpus_and_their_files_are_devices(gpu_site):
     assert gpu_site.gpus_per_node == 4
     lay = ClusterLayout(name="fxgpu", nodes=4, gpus_per_node=4)
@@ -55,6 +81,7 @@ def _one_device_per_rank(result, tmp_path, ranks_per_node=2):
     return a, b
 
 
+@CLUSTER
 @pytest.mark.parametrize("path", ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux)])
 def test_two_concurrent_gpu_tasks_get_one_device_per_rank(gpu_site, tmp_path, path):
     """srun --gpus-per-task on htex; on flux-jobs the instance is configured with the nodes' GPUs and each
@@ -66,6 +93,7 @@ def test_two_concurrent_gpu_tasks_get_one_device_per_rank(gpu_site, tmp_path, pa
     assert "TASK  RANK  HOST  " in result.placement_report and "no CPU or GPU shared" in result.placement_report
 
 
+@CLUSTER
 @pytest.mark.flux
 def test_shared_gpu_tasks_on_the_same_nodes_get_different_devices_from_flux(gpu_site, tmp_path):
     """Two tasks that share their nodes (one core and one GPU of each of 2 nodes): Flux places both at once on
@@ -79,7 +107,45 @@ def test_shared_gpu_tasks_on_the_same_nodes_get_different_devices_from_flux(gpu_
         assert not a.gpus_on(host) & b.gpus_on(host), (host, a.gpus_on(host), b.gpus_on(host))
 
 
+@CLUSTER
 def test_more_gpus_than_a_node_has_are_refused_before_submission(gpu_site, tmp_path):
     with pytest.raises(SpecError, match="GPU"):
         run_tasks("htex", gpu_site, [MPITaskSpec(nodes=1, ranks_per_node=1, gpus_per_rank=5)], workdir=tmp_path,
                   commands=[MPICommand(("true",))], run_timeout=60)
+
+
+# A user's workflow script, as in the tutorials: ordinary Parsl apps, one GPU each.
+ONE_TASK_PER_GPU = """
+import json, sys
+import parsl
+import fluxmpi
+
+@parsl.python_app
+def which_gpu(i):
+    import os, socket, time
+    time.sleep(2)       # all eight at once: each worker holds its GPU while the others run
+    return {"task": i, "host": socket.gethostname(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "t": time.time()}
+
+cluster, run_dir = sys.argv[1:3]
+with fluxmpi.open_site("local", need=2, name=cluster) as site:
+    dfk = parsl.load(fluxmpi.config("htex-gpus", site=site, run_dir=run_dir, nodes_per_block=2))
+    try:
+        print(json.dumps([f.result(timeout=300) for f in [which_gpu(i) for i in range(8)]]))
+    finally:
+        dfk.cleanup()
+"""
+
+
+@CLUSTER
+def test_eight_one_gpu_tasks_on_two_nodes_each_run_with_their_own_device(gpu_site, tmp_path):
+    (tmp_path / "workflow.py").write_text(ONE_TASK_PER_GPU)
+    env = {**os.environ, **gpu_site.env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(tmp_path / "workflow.py"), "fxgpu", str(tmp_path / "runinfo")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    places = [(r["host"], r["gpus"]) for r in results]
+    assert len(set(places)) == 8, places                   # no two tasks on one GPU of one node
+    assert {h for h, _ in places} == {"fxgpun1", "fxgpun2"}
+    assert sorted(g for _, g in places) == ["0", "0", "1", "1", "2", "2", "3", "3"]
