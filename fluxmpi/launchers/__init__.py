@@ -2,7 +2,8 @@
 
 - srun.py: `srun` steps inside a Slurm allocation;
 - mpiexec.py: the MPIs' own launchers, Open MPI's `mpirun` and MPICH's `mpiexec`;
-- flux.py: `flux run` and the Flux jobspec.
+- flux.py: `flux run` and the Flux jobspec;
+- pals.py: HPE Cray PALS `mpiexec` under PBS Pro (Polaris-style `--ppn --depth --cpu-bind`, hostfile, GPUs).
 
 `launch_argv` composes a whole command line for the task bodies (fluxmpi.apps) from a launcher's name; these
 names are what a launch path's `launcher` and an executor's `fluxmpi_launcher` say.
