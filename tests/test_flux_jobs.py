@@ -229,7 +229,7 @@ def test_a_block_with_gpus_tells_its_instance_the_nodes_gpus_and_each_rank_gets_
     assert 'gpus = "0-3"' in write
     assert " flux start -c /run/block-0/resource.toml " in start
     assert " && " not in block_command("/i.json", "flux", 2, 2, 600)       # no GPUs: as before
-    from fluxmpi.launch.flux.jobspec import gpu_affinity
+    from fluxmpi.launchers.flux import gpu_affinity
     # An exclusive job holds all of a node's GPUs: each local rank is mapped to its own; a shared job got just
     # its own, which per-task divides.
     assert gpu_affinity(MPITaskSpec(nodes=2, ranks_per_node=2, gpus_per_rank=1)) == "map:0;1"

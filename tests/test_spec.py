@@ -308,7 +308,10 @@ def test_flux_jobspec():
         "with": [{"type": "slot", "count": 2, "label": "task", "with": [{"type": "core", "count": 4}, {"type": "gpu", "count": 1}]}],
     }]
     assert rich["tasks"][0]["command"] == [FLUX_COMMAND_PLACEHOLDER]
+    assert rich["attributes"]["system"]["shell"] == {"options": {"gpu-affinity": "per-task"}}   # shared nodes
     assert MPITaskSpec(1, 1).flux_jobspec(["x"])["attributes"] == {"system": {"duration": 0}}  # 0 = no limit
+    exclusive = MPITaskSpec(1, 2, gpus_per_rank=1).flux_jobspec(["x"])["attributes"]["system"]
+    assert exclusive["shell"]["options"]["gpu-affinity"] == "map:0;1"   # the job holds all of the node's GPUs
     with pytest.raises(SpecError) as info:
         BASIC.flux_jobspec("mpi_hello -v")
     assert "'mpi_hello -v'" in str(info.value)

@@ -17,7 +17,6 @@ def flux_run_args(spec) -> list[str]:
     """
     argv = ["-N", str(spec.nodes), "-n", str(spec.ranks), "-c", str(spec.cores_per_rank)]
     if spec.gpus_per_rank:
-        from ..launch.flux.jobspec import gpu_affinity   # each rank its own GPUs (see there)
         argv += ["--gpus-per-task", str(spec.gpus_per_rank), "-o", f"gpu-affinity={gpu_affinity(spec)}"]
     if spec.exclusive:
         argv.append("-x")
@@ -26,11 +25,22 @@ def flux_run_args(spec) -> list[str]:
     return argv
 
 
+def gpu_affinity(spec) -> str:
+    """The job shell's gpu-affinity option that gives each rank exactly its spec's GPUs. Flux's default (on)
+    shows every rank all of the job's GPUs on its node; per-task divides them among the node's ranks, which is
+    right only when the job got just what it asked for: an exclusive job gets every GPU of its nodes (seen here:
+    2 ranks x 1 GPU on 4-GPU nodes saw 2 each). So an exclusive job maps each local rank to its own ids."""
+    if not spec.exclusive:
+        return "per-task"
+    g = spec.gpus_per_rank
+    return "map:" + ";".join(f"{i * g}-{i * g + g - 1}" if g > 1 else str(i) for i in range(spec.ranks_per_node))
+
+
 def flux_jobspec(spec, command: Sequence[str] | None = None) -> dict[str, Any]:
     """A Flux jobspec v1 (RFC 25) dict: N nodes, each with RPN slots of C cores (+G GPUs).
 
-    One task per slot; duration 0 means no limit. `command` defaults to FLUX_COMMAND_PLACEHOLDER for
-    the caller to replace; environment and cwd are the submitter's to add.
+    One task per slot; duration 0 means no limit; with GPUs, the shell's gpu-affinity (gpu_affinity). `command`
+    defaults to FLUX_COMMAND_PLACEHOLDER for the caller to replace; environment and cwd are the submitter's to add.
     """
     if command is None:
         command = [FLUX_COMMAND_PLACEHOLDER]
@@ -46,9 +56,12 @@ def flux_jobspec(spec, command: Sequence[str] | None = None) -> dict[str, Any]:
     }
     if spec.exclusive:
         node["exclusive"] = True
+    system: dict[str, Any] = {"duration": spec.walltime or 0}
+    if spec.gpus_per_rank:
+        system["shell"] = {"options": {"gpu-affinity": gpu_affinity(spec)}}
     return {
         "version": 1,
         "resources": [node],
         "tasks": [{"command": list(command), "slot": "task", "count": {"per_slot": 1}}],
-        "attributes": {"system": {"duration": spec.walltime or 0}},
+        "attributes": {"system": system},
     }

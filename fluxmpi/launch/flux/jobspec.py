@@ -158,26 +158,14 @@ def jobspec(req: JobRequest, environment: dict[str, str], cwd: str, avoid: Itera
     system["cwd"] = req.cwd or cwd
     system["environment"] = {**environment, **req.env}
     system["job"] = {"name": f"fluxmpi-{req.task}"}
-    system["shell"] = {"options": {
+    # The spec's own shell options (gpu-affinity) stay; these are added to them.
+    system.setdefault("shell", {}).setdefault("options", {}).update({
         "output": {stream: {"type": "file", "path": path, "label": True}
                    for stream, path in (("stdout", req.stdout), ("stderr", req.stderr))},
         # An MPI job with a failed rank cannot finish: the others wait for it. End it at the first failure
         # instead of after Flux's exit-timeout (30 s).
-        "exit-on-error": 1}}
-    if req.spec.gpus_per_rank:
-        system["shell"]["options"]["gpu-affinity"] = gpu_affinity(req.spec)
+        "exit-on-error": 1})
     return js
-
-
-def gpu_affinity(spec: MPITaskSpec) -> str:
-    """The job shell's gpu-affinity option that gives each rank exactly its spec's GPUs. Flux's default (on)
-    shows every rank all of the job's GPUs on its node; per-task divides them among the node's ranks, which is
-    right only when the job got just what it asked for: an exclusive job gets every GPU of its nodes (seen here:
-    2 ranks x 1 GPU on 4-GPU nodes saw 2 each). So an exclusive job maps each local rank to its own ids."""
-    if not spec.exclusive:
-        return "per-task"
-    g = spec.gpus_per_rank
-    return "map:" + ";".join(f"{i * g}-{i * g + g - 1}" if g > 1 else str(i) for i in range(spec.ranks_per_node))
 
 
 # --- what a finished job becomes ------------------------------------------------------------------------------
