@@ -85,11 +85,14 @@ class RankRecord:
 
     @property
     def devices(self) -> frozenset[str] | None:
-        """The GPUs this rank was given (GPU_VARIABLES), or None when no such variable was set."""
+        """The GPUs this rank was given (GPU_VARIABLES), or None when no such variable was set. A negative id is
+        none: Flux sets CUDA_VISIBLE_DEVICES=-1 for a job without GPUs (and CUDA shows nothing from it on)."""
         for name in GPU_VARIABLES:
             value = self.gpus.get(name)
             if value is not None:
-                return frozenset(d.strip() for d in str(value).split(",") if d.strip())
+                ids = [d.strip() for d in str(value).split(",") if d.strip()]
+                first_bad = next((i for i, d in enumerate(ids) if d.startswith("-")), len(ids))
+                return frozenset(ids[:first_bad])
         return None
 
     @classmethod

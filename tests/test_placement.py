@@ -333,6 +333,16 @@ def test_each_rank_must_see_exactly_its_gpus_and_no_other_rank_of_its_node_the_s
     assert check_task(placement_of(recs), 2, 2) == []          # no GPUs asked: none checked
 
 
+def test_flux_s_no_gpu_value_is_no_device_so_concurrent_cpu_tasks_share_nothing():
+    # Flux's job shell sets CUDA_VISIBLE_DEVICES=-1 in jobs that asked for no GPU (seen on the flux path).
+    a = with_gpus(task_records("t1", [("node1", {0})], T0 + 1, T0 + 3), ["-1"])
+    b = with_gpus(task_records("t2", [("node1", {1})], T0 + 2, T0 + 4), ["-1"])
+    assert placement_of(a).records[0].devices == frozenset()
+    spec = SimpleNamespace(nodes=1, ranks_per_node=1)
+    assert check_run(parse_lines(lines(a + b)), {"t1": spec, "t2": spec}).ok
+    assert placement_of(with_gpus(a, ["2,-1,3"])).records[0].devices == frozenset({"2"})
+
+
 def test_concurrent_tasks_must_not_share_a_gpu_and_the_report_lists_every_rank():
     a = with_gpus(task_records("t1", [("node1", {0}), ("node1", {1})], T0 + 1, T0 + 3), ["0", "1"])
     b = with_gpus(task_records("t2", [("node1", {0}), ("node1", {1})], T0 + 2, T0 + 4), ["2", "3"])
