@@ -127,15 +127,20 @@ def site(cluster, request):
 
 @pytest.fixture
 def healthy(cluster, site):
-    """After each test: every link up, every killed node powered on again, every node idle."""
-    yield
+    """Before and after each test: every link up, every killed node powered on again, every node idle and
+    answering Slurm (a node whose link just came back can read `idle*` and be marked DOWN moments later)."""
     import faults
-    for node in cluster.layout.node_names:
-        faults.set_link(cluster, node, up=True)
-        if not faults.slurmd_running(cluster, node):
-            faults.revive_node(cluster, node)
-    for node in cluster.layout.node_names:
-        faults.wait_node_state(cluster, node, ("idle",), 120)
+
+    def heal():
+        for node in cluster.layout.node_names:
+            faults.set_link(cluster, node, up=True)
+            if not faults.slurmd_running(cluster, node):
+                faults.revive_node(cluster, node)
+        for node in cluster.layout.node_names:
+            faults.wait_node_state(cluster, node, ("idle",), 120, responding=True)
+    heal()
+    yield
+    heal()
 
 
 @pytest.fixture(scope="session")

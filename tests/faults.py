@@ -139,8 +139,10 @@ def node_state(cluster: LocalCluster, node: str) -> tuple[str, str]:
     return state.strip(), reason.strip()
 
 
-def wait_node_state(cluster: LocalCluster, node: str, states: tuple[str, ...], timeout: float) -> str:
-    """Wait until node's state (without Slurm's `*`/`~` flags) is one of `states`; returns it."""
+def wait_node_state(cluster: LocalCluster, node: str, states: tuple[str, ...], timeout: float,
+                    responding: bool = False) -> str:
+    """Wait until node's state (without Slurm's `*`/`~` flags) is one of `states`; returns it. With
+    `responding`, also until Slurm no longer flags it not responding (`*`), e.g. after its link came back."""
     deadline = time.monotonic() + timeout
     state = "unknown"
     while time.monotonic() < deadline:
@@ -148,7 +150,7 @@ def wait_node_state(cluster: LocalCluster, node: str, states: tuple[str, ...], t
             state = node_state(cluster, node)[0]
         except (FaultError, subprocess.TimeoutExpired):
             state = "unknown"
-        if state.rstrip("*~#!%$@^-") in states:
+        if state.rstrip("*~#!%$@^-") in states and not (responding and "*" in state):
             return state
         time.sleep(0.5)
     raise FaultError(f"node {node} did not reach state {'/'.join(states)} within {timeout:.0f}s "

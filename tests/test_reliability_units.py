@@ -156,3 +156,46 @@ def test_tasks_waiting_with_no_block_running_are_told_why_after_a_minute_then_ev
     states["5"] = {"state": "PENDING", "reason": "Resources", "nodes": ""}
     timed.check(now=0.0)
     assert "--block-timeout 600s" in timed.waiting_notice(now=60.0)
+
+
+def test_a_new_block_asks_for_the_nodes_that_are_up_and_leaves_the_others_out(monkeypatch):
+    # Slurm's answers are fixed here: a 4-node partition, one node down, sinfo failing in the last case.
+    from fluxmpi.launch import shaping
+    from fluxmpi.slurm import SlurmError
+    monkeypatch.setattr(shaping.slurm, "partition_nodes", lambda p: ["n1", "n2", "n3", "n4"])
+    monkeypatch.setattr(shaping.slurm, "unusable_nodes", lambda p: {"n3": "Slurm lists it down* (Not responding)"})
+    shape = shaping.usable_shape("debug", 4)
+    assert (shape.nodes, shape.leave_out) == (3, ("n3",))
+    assert shape.exclude_option() == "#SBATCH --exclude=n3" and "n3: Slurm lists it down*" in shape.why
+    assert shaping.usable_shape("debug", 2).nodes == 2              # fewer than are up: as asked
+    lost = shaping.usable_shape("debug", 4, {"n1": "lost by Flux 3s ago", "elsewhere": "not in the partition"})
+    assert (lost.nodes, lost.leave_out) == (2, ("n1", "n3"))
+    assert shaping.UsableShape(4).exclude_option() == ""
+
+    def no_sinfo(p):
+        raise SlurmError("sinfo: error: Unable to contact slurm controller")
+    monkeypatch.setattr(shaping.slurm, "unusable_nodes", no_sinfo)
+    assert shaping.usable_shape("debug", 4) == shaping.UsableShape(4)   # cannot ask: as configured
+
+
+def test_a_shrunken_gate_holds_back_larger_tasks_without_refusing_them():
+    from concurrent.futures import Future
+
+    from fluxmpi.launch.gate import NodeGate
+    gate, started = NodeGate(4), []
+
+    def start(label):
+        def go():
+            started.append(label)
+            return Future()
+        return go
+    gate.resize(3)                                     # the block came up with 3 of 4 nodes
+    gate.submit(4, start("big"), label="big")          # waits: not refused, the next full block may run it
+    gate.submit(2, start("small"), label="small")
+    assert started == ["small"] and gate.smallest_waiting() == 4 and gate.free == 1
+    with pytest.raises(SpecError, match="asks for 5 nodes but the block has 4"):
+        gate.submit(5, start("huge"), label="huge")
+    with pytest.raises(SpecError, match="1 to 4 nodes"):
+        gate.resize(5)
+    gate.resize(4)
+    assert started == ["small"] and gate.free == 2     # 4 free in a 4-node block, 2 still held by "small"

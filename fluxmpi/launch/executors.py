@@ -6,6 +6,8 @@ A Parsl user who loads `fluxmpi.config("htex", ...)` and keeps their own apps (a
   free, so the executor never backlogs and its backlog defects (a RecursionError that drops a finished task's
   result; a too-large task that waits forever) cannot trigger;
 - a task larger than the block refused at submit, naming the task's size and the block's;
+- blocks shaped to the nodes that are up (fluxmpi.launch.shaping): after a node is lost, the next block asks
+  for the nodes Slurm will still run jobs on instead of pending for the lost one;
 - integral resource specifications: the key a user leaves out is derived exactly (or refused) instead of with
   `/`, which gave Parsl's prefix `-ppn 4.0` or `--ntasks-per-node 1.333`.
 Each executor also says how its ranks start (`fluxmpi_launcher`) and which resource specification a task spec
@@ -25,6 +27,7 @@ from parsl.jobs.states import TERMINAL_STATES
 from ..logs import log_into
 from ..spec import MPITaskSpec, SpecError
 from .gate import NodeGate, check_policy
+from .shaping import ShapedBlocks
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +72,9 @@ class EarlyBlocks:
         return super().scale_out_facade(n) if n > 0 else []
 
 
-class GatedMPIExecutor(EarlyBlocks, MPIExecutor):
-    """Parsl's MPIExecutor with admission by free nodes and submit-time refusal of tasks that cannot fit.
+class GatedMPIExecutor(ShapedBlocks, EarlyBlocks, MPIExecutor):
+    """Parsl's MPIExecutor with admission by free nodes, submit-time refusal of tasks that cannot fit, and
+    blocks shaped to the nodes that are up.
 
     nodes_per_block: nodes of each block (the gate's capacity). admission: which waiting task goes first when
     nodes free up ("largest-first" or "in-order", see fluxmpi.launch.gate). fluxmpi_launcher: how

@@ -57,20 +57,24 @@ class _Waiting:
 
 
 class NodeGate:
+    """Admits tasks into `capacity` nodes. `limit` (the configured block size) is what a task may ask for at
+    most; `capacity` may be less while a block is shrunken (fluxmpi.launch.shaping): larger tasks then wait."""
+
     def __init__(self, capacity: int, what: str = "block", policy: str = "largest-first"):
         if capacity < 1:
             raise SpecError(f"gate capacity {capacity} must be at least one node")
         self.capacity, self.what, self.policy = capacity, what, check_policy(policy)
+        self.limit = capacity
         self.free = capacity
         self._queue: deque[_Waiting] = deque()
         self._lock = threading.Lock()
 
     def submit(self, nodes: int, start: Callable[[], Future], label: str = "task") -> Future:
         """Queue a task needing `nodes`; `start()` submits it to Parsl when they are free. Returns its future."""
-        if nodes > self.capacity:
+        if nodes > self.limit:
             raise SpecError(
-                f"{label} asks for {nodes} nodes but the {self.what} has {self.capacity}: it could never run. "
-                f"Ask for at most {self.capacity} nodes, or give the {self.what} more nodes (--nodes-per-block)")
+                f"{label} asks for {nodes} nodes but the {self.what} has {self.limit}: it could never run. "
+                f"Ask for at most {self.limit} nodes, or give the {self.what} more nodes (--nodes-per-block)")
         proxy: Future = Future()
         with self._lock:
             self._queue.append(_Waiting(nodes, start, proxy, label))
@@ -81,6 +85,20 @@ class NodeGate:
     def waiting(self) -> int:
         with self._lock:
             return len(self._queue)
+
+    def smallest_waiting(self) -> int | None:
+        """Nodes of the smallest task not yet admitted, or None when none waits."""
+        with self._lock:
+            return min((w.nodes for w in self._queue), default=None)
+
+    def resize(self, capacity: int) -> None:
+        """The block now has `capacity` nodes (1 to limit): tasks already admitted keep theirs."""
+        if not 1 <= capacity <= self.limit:
+            raise SpecError(f"gate capacity {capacity} must be 1 to {self.limit} nodes")
+        with self._lock:
+            self.free += capacity - self.capacity
+            self.capacity = capacity
+        self._admit()
 
     def _admit(self) -> None:
         ready = []

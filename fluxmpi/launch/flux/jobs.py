@@ -58,6 +58,7 @@ from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec
 from ..blocks import BlockShape, slurm_provider
+from ..shaping import UsableShape, usable_shape
 from ..gate import check_policy, pick_next
 from .block import WALLTIME_MARGIN, block_command
 from .client import InstanceClient
@@ -119,6 +120,7 @@ class _Block:
     lost_hosts: frozenset = frozenset()          # hosts whose broker Flux lost: its later jobs avoid them
     ended: str | None = None                     # why it is over, once it is
     finished: int = 0                            # tasks that ended well in it
+    reshaped: bool = False                       # ended while pending, to ask for the nodes that are up
 
     def time_left(self) -> float:
         return float("inf") if self.ends is None else self.ends - time.time()
@@ -269,35 +271,27 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         return []
 
     # --- blocks ---------------------------------------------------------------------------------------------
-    def _usable_nodes(self) -> tuple[int, list[str]]:
+    def _usable_shape(self) -> UsableShape:
         """How many nodes a new block can have now, and which nodes it must leave out: those Slurm will not run
         jobs on, and those Flux lost less than rejoin_after seconds ago (Slurm may not have noticed yet)."""
-        partition = getattr(self.provider, "partition", None)
-        recent = {h for h, t in self._lost_at.items() if time.time() - t < self.rejoin_after}
-        if not partition:
-            return self.nodes_per_block, sorted(recent)
-        try:
-            every = slurm_client.partition_nodes(partition)
-            down = set(slurm_client.unusable_nodes(partition))
-        except slurm_client.SlurmError as err:
-            logger.info("%s: sinfo about partition %s: %s", self.label, partition, err)
-            return self.nodes_per_block, sorted(recent)
-        leave_out = sorted((down | recent) & set(every))
-        return min(self.nodes_per_block, len(every) - len(leave_out)), leave_out
+        recent = {h: f"lost by Flux {time.time() - t:.0f}s ago" for h, t in self._lost_at.items()
+                  if time.time() - t < self.rejoin_after}
+        return usable_shape(getattr(self.provider, "partition", None), self.nodes_per_block, recent)
 
     def _new_block(self, why: str) -> None:
         """Submit a block (shaped to the nodes that are up) and connect to its instance in the background."""
         with self._lock:
             if self._stopped.is_set() or self.bad_state_is_set or (self._block and not self._block.ended):
                 return
-            nodes, leave_out = self._usable_nodes()
+            shape = self._usable_shape()
+            nodes, leave_out = shape.nodes, shape.leave_out
             if nodes < 1:
-                self._give_up(f"no node of the partition can take a block (left out: {', '.join(leave_out)})")
+                self._give_up(f"no node of the partition can take a block ({shape.why})")
                 return
             if self.provider is not None:
                 self.provider.nodes_per_block = nodes
-                extra = [f"#SBATCH --exclude={','.join(leave_out)}"] if leave_out else []
-                self.provider.scheduler_options = "\n".join([self._baseline_options, *extra]).strip("\n")
+                self.provider.scheduler_options = "\n".join(
+                    o for o in (self._baseline_options, shape.exclude_option()) if o)
             ids = BlockProviderExecutor.scale_out_facade(self, 1)
             if not ids or ids[0] not in self.blocks_to_job_id:
                 reason = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
@@ -353,6 +347,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + BLOCK_LOOK_PERIOD
                 state = _job_state(job_id)
+                if until_ended is not None and state.get("state") == "PENDING":
+                    self._replace_if_outgrown(until_ended)
                 if state.get("state") not in (None, "PENDING", "CONFIGURING", "RUNNING"):
                     raise FluxJobsBlockError(
                         f"Slurm job {job_id} (the Flux block) is {state['state']} ({state.get('reason')}) and never "
@@ -363,6 +359,16 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         raise FluxJobsBlockError(
             f"the Flux instance of Slurm job {job_id} did not publish its URI in {info_file} within "
             f"{self.uri_timeout:.0f}s (still queued? `squeue -j {job_id}`); see its log {self._block_log(job_id)}")
+
+    def _replace_if_outgrown(self, b: _Block) -> None:
+        """A block still pending that asks for more nodes than are up now (one went down after it was
+        submitted) would pend until that node returns: end it, not counted as a failure, so the next asks for
+        what is up."""
+        shape = self._usable_shape()
+        if 1 <= shape.nodes < b.nodes:
+            b.reshaped = True
+            raise FluxJobsBlockError(f"Slurm job {b.job_id} pends for {b.nodes} nodes but only {shape.nodes} are up "
+                                     f"({shape.why}); the next block asks for {shape.nodes}")
 
     def _block_log(self, job_id: str | None) -> str:
         info = (getattr(self.provider, "resources", {}) or {}).get(job_id) or {}
@@ -377,7 +383,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             self.ended_blocks.append(b)
             if self._block is b:
                 self._block = None
-            self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
+            if not b.reshaped:    # a block ended to ask for fewer nodes did not fail
+                self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
             failed_in_a_row = self._failed_in_a_row
             work_left = bool(self._waiting) or self.outstanding > len(b.sent)
         logger.warning("%s: block %s (Slurm job %s) is over: %s", self.label, b.block_id, b.job_id, why)
