@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -191,6 +192,7 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
     _wait_for_idle_nodes(site, log)
     workdir.mkdir(parents=True, exist_ok=True)
     t_begin = time.time()
+    cpu_before = _cpu_now()
     hold = None
     with tqdm(total=wl.tasks, desc=f"{wl.name}/{name}", unit="task", file=sys.stderr,
               disable=not progress, leave=True) as bar:
@@ -224,6 +226,8 @@ def _run_one(name: str, site: Site, wl: Workload, workdir: Path, *, task_timeout
         except Exception as err:  # noqa: BLE001 - one broken path must not lose the other paths' results
             return _broken(name, kind, f"{type(err).__name__}: {err}", workdir, t_begin, wl, log)
     raw.baseline = BASELINE_OF.get(name)
+    now = _cpu_now()
+    raw.cpu = {"self": now[0] - cpu_before[0], "children": now[1] - cpu_before[1]}
     raw.summary = metrics.summarize(raw.tasks, site.nodes, raw.t_start, raw.t_first_result)
     raw.summary["startup_parts"] = metrics.startup_parts(raw.t_start, raw.startup, raw.t_first_result)
     s = raw.summary
@@ -333,6 +337,12 @@ def _versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"fluxmpi": __version__, "parsl": parsl.__version__, "flux-core": flux, "python": platform.python_version()}
+
+
+def _cpu_now() -> tuple[float, float]:
+    """(CPU s of this process's threads, CPU s of its children reaped so far: Parsl's interchange, srun, ssh)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), kids.ru_utime + kids.ru_stime
 
 
 def _fmt(value: float | None) -> str:

@@ -36,6 +36,7 @@ class RawRun:
     summary: dict = field(default_factory=dict)
     warm: dict | None = None        # with --warm / --compare-warm: the run's warm hold (bench/warmth.py describe)
     startup: dict = field(default_factory=dict)   # start-up stamps (epoch s): metrics.STARTUP_MARKS, None if unknown
+    cpu: dict = field(default_factory=dict)       # CPU s the driver used: "self" (this process), "children" (reaped)
 
     @property
     def ran(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .. import warm as holds
+from ..bench import scale as scaling
 from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
 from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
 from ..cluster.layout import DEFAULT_NAME
@@ -35,7 +36,8 @@ logger = logging.getLogger(__name__)
 @click.option("--paths", default="all", show_default=True,
               help=f"Comma list of paths and baselines: {','.join(NAMES)}.")
 @click.option("--workload", "workloads", multiple=True,
-              help=f"{'|'.join(KINDS)}, a preset ({'|'.join(PRESETS)}) or a YAML/JSON file; repeatable "
+              help=f"{'|'.join(KINDS)}, a preset ({'|'.join(PRESETS)}), a YAML/JSON file (repeatable), or "
+                   "scale alone: the scale curve over --scale-nodes x --scale-tasks x --scale-sizes "
                    "[uniform; with --quick: quick].")
 @click.option("--tasks", type=int, default=None, help="Tasks of a uniform/mixed workload [20; --quick: 4].")
 @click.option("--nodes", "task_nodes", type=int, default=None,
@@ -57,12 +59,18 @@ logger = logging.getLogger(__name__)
 @click.option("--container", "container_text", metavar="RUNTIME:IMAGE", default=None,
               help="Adds the rows htex+ctr and flux-jobs+ctr: the +wrap rows' command with every rank inside this "
                    "image (e.g. charliecloud:/var/tmp/bookworm-openmpi), and the image's cost per task.")
+@click.option("--scale-nodes", default=None, metavar="N,N,..",
+              help=f"--workload scale: node counts [{','.join(map(str, scaling.DEFAULT_NODES))}].")
+@click.option("--scale-tasks", default=None, metavar="T,T,..",
+              help=f"--workload scale: task counts [{','.join(map(str, scaling.DEFAULT_TASKS))}].")
+@click.option("--scale-sizes", default=None, metavar="S,S,..",
+              help=f"--workload scale: nodes per task [{','.join(map(str, scaling.DEFAULT_SIZES))}].")
 @click.option("--compare-warm", is_flag=True,
               help="With --warm: run each launch path cold, then warm, each from powered-down nodes (an elastic "
                    "cluster), and show their time to first result side by side.")
 def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
           sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, container_text,
-          compare_warm) -> None:
+          scale_nodes, scale_tasks, scale_sizes, compare_warm) -> None:
     """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
     allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
     its lower bound, utilization and throughput.
@@ -70,7 +78,19 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
     Writes OUT/results.json (raw per-task records), OUT/results.md (the table, also printed) and PNG plots.
     A path that cannot run here is reported with the reason. Exits 1 if a run failed.
     """
+    plan = None
     try:
+        if "scale" in workloads:
+            plan = _scale_plan(workloads, scale_nodes, scale_tasks, scale_sizes, sleep,
+                               [k for k, v in {"--tasks": tasks, "--nodes": task_nodes, "--busy": busy,
+                                               "--ranks-per-node": ranks_per_node, "--warm": warm,
+                                               "--container": container_text, "--quick": quick or None}.items()
+                                if v is not None])
+            cluster_nodes = max(plan.nodes) if "cluster_nodes" not in given_options() else cluster_nodes
+            paths = scaling.DEFAULT_PATHS if "paths" not in given_options() else paths
+            workloads = ()
+        elif any(v is not None for v in (scale_nodes, scale_tasks, scale_sizes)):
+            raise BenchError("--scale-nodes, --scale-tasks and --scale-sizes go with --workload scale")
         if cluster_nodes < 1:
             raise BenchError(f"--cluster-nodes {cluster_nodes} must be at least 1")
         if cluster == "local" and "cluster_nodes" not in given_options():
@@ -90,7 +110,7 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
         if warm is not None:
             holds.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
-    except (BenchError, WorkloadError, holds.WarmError, ContainerError) as err:
+    except (BenchError, WorkloadError, holds.WarmError, ContainerError, scaling.ScaleError) as err:
         fail(str(err), code=2)
     out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
     command = _command_line(click.get_current_context())
@@ -101,9 +121,14 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
     try:
         with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name, log=log) as site:
             site = bench_site(site, cluster_nodes)
-            doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
-                            progress=sys.stderr.isatty() if progress is None else progress, command=command, log=log,
-                            warm=warm, compare_warm=compare_warm, container=container)
+            shown = sys.stderr.isatty() if progress is None else progress
+            if plan is not None:
+                doc = scaling.run_scale(site, plan, names, out, run_bench=run_bench, log=log, task_timeout=task_timeout,
+                                        run_timeout=run_timeout, progress=shown, command=command)
+            else:
+                doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
+                                progress=shown, command=command, log=log, warm=warm, compare_warm=compare_warm,
+                                container=container)
     except FluxmpiError as err:      # bad input (a ValueError) exits 2, a failure 1
         fail(str(err), code=exit_code(err))
     except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
@@ -112,15 +137,36 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
              code=130)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo((out / "results.md").read_text())
-    click.echo(f"fluxmpi: results in {out}: results.json, results.md, "
-               + ", ".join(Path(p).name for p in doc.get("plots", [])), err=True)
-    failed = [f"{e['workload']['name']}/{r['name']}" for e in doc["workloads"] for r in e["runs"]
-              if r["status"] == "failed"]
+    if plan is not None:
+        click.echo((out / "scale.md").read_text())
+        click.echo(f"fluxmpi: results in {out}: scale.json, scale.md, scale.png, nodes-N/ (each node count's bench)",
+                   err=True)
+        failed = [f"{r['nodes']} nodes/t{r['tasks']}-n{r['size']}/{r['name']}" for r in doc["rows"]
+                  if r["status"] == "failed"]
+    else:
+        click.echo((out / "results.md").read_text())
+        click.echo(f"fluxmpi: results in {out}: results.json, results.md, "
+                   + ", ".join(Path(p).name for p in doc.get("plots", [])), err=True)
+        failed = [f"{e['workload']['name']}/{r['name']}" for e in doc["workloads"] for r in e["runs"]
+                  if r["status"] == "failed"]
     if failed:
         click.echo(f"fluxmpi: failed runs: {', '.join(failed)}", err=True)
     raise SystemExit(1 if failed else 0)
 
+
+
+def _scale_plan(workloads, nodes, tasks, sizes, sleep, conflicting) -> scaling.ScalePlan:
+    """The scale plan of `--workload scale` (which takes no other workload and none of the size flags)."""
+    if len(workloads) > 1:
+        raise BenchError(f"--workload scale runs alone (its own workloads at every node count); drop "
+                         f"{', '.join(w for w in workloads if w != 'scale')}")
+    if conflicting:
+        raise BenchError(f"{', '.join(conflicting)} do not apply to --workload scale: its tasks are set by "
+                         "--scale-tasks and --scale-sizes (and --sleep)")
+    return scaling.ScalePlan(nodes=scaling.parse_counts(nodes, scaling.DEFAULT_NODES, "--scale-nodes"),
+                             tasks=scaling.parse_counts(tasks, scaling.DEFAULT_TASKS, "--scale-tasks"),
+                             sizes=scaling.parse_counts(sizes, scaling.DEFAULT_SIZES, "--scale-sizes"),
+                             sleep=scaling.DEFAULT_SLEEP if sleep is None else sleep)
 
 
 def _command_line(ctx: click.Context) -> str:
