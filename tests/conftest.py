@@ -132,12 +132,18 @@ def healthy(cluster, site):
     import faults
 
     def heal():
+        revived = []
         for node in cluster.layout.node_names:
             faults.set_link(cluster, node, up=True)
             if not faults.slurmd_running(cluster, node):
                 faults.revive_node(cluster, node)
+                revived.append(node)
         for node in cluster.layout.node_names:
-            faults.wait_node_state(cluster, node, ("idle",), 120, responding=True)
+            try:
+                faults.wait_node_state(cluster, node, ("idle",), 10 if node in revived else 120, responding=True)
+            except faults.FaultError:   # a revived node Slurm still holds a dead job on: up to a minute otherwise
+                faults.force_idle(cluster, node)
+                faults.wait_node_state(cluster, node, ("idle",), 120, responding=True)
     heal()
     yield
     heal()

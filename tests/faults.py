@@ -78,6 +78,13 @@ def revive_node(cluster: LocalCluster, node: str, timeout: float = 90.0) -> None
     wait_node_state(cluster, node, ("idle", "mixed", "allocated"), timeout)
 
 
+def force_idle(cluster: LocalCluster, node: str) -> None:
+    """Make slurmctld let go of what it still holds on a node that came back (a job it lists COMPLETING there
+    from before the node died waits for replies the restarted slurmd never sends): DOWN, then RESUME."""
+    for state in ("down reason=fluxmpi-test-heal", "resume"):
+        cluster.run(["scontrol", "update", f"nodename={node}", *f"state={state}".split()], timeout=20)
+
+
 def slurmd_running(cluster: LocalCluster, node: str) -> bool:
     """Whether the node's slurmd runs (False after kill_node, until revive_node)."""
     return any(os.path.basename((command_of(pid) or [""])[0]) == "slurmd"

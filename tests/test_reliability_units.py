@@ -199,3 +199,30 @@ def test_a_shrunken_gate_holds_back_larger_tasks_without_refusing_them():
         gate.resize(5)
     gate.resize(4)
     assert started == ["small"] and gate.free == 2     # 4 free in a 4-node block, 2 still held by "small"
+
+
+def test_run_json_is_rewritten_once_per_period_in_the_background_and_never_after_the_final_one(tmp_path):
+    import time
+
+    from fluxmpi import runner
+    from fluxmpi.rundir import RunDir
+    done = runner.TaskOutcome("t0", SPEC.to_dict(), submitted=1.0)
+    writer = runner._RunJsonWriter("htex", "local:x", tmp_path, 0.0, [done], 0, {"t0": 0})
+    dumps, dump = [], writer._dump
+    writer._dump = lambda data: (dumps.append(1), dump(data))
+    for _ in range(500):                      # 500 tasks finishing at once: one rewrite, not 500
+        writer.note_change()
+    run_json = RunDir.at(tmp_path).run_json
+    deadline = time.monotonic() + 5 * runner.RUN_JSON_PERIOD
+    while not run_json.exists():
+        assert time.monotonic() < deadline, "no run.json within five periods of a finished task"
+        time.sleep(0.05)
+    first = json.loads(run_json.read_text())
+    assert len(dumps) == 1
+    assert first["complete"] is False and [t["task"] for t in first["tasks"]] == ["t0"]
+    writer._finished.set()                    # what finish() does before it writes the final run.json
+    run_json.write_text('{"final": true}')
+    writer.note_change()
+    writer.write_interim()
+    time.sleep(2 * runner.RUN_JSON_PERIOD)
+    assert json.loads(run_json.read_text()) == {"final": True}

@@ -16,7 +16,8 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
 - One block runs at a time. When it ends (walltime, scancel, its first node died, Slurm failed it) while tasks
   are left, the executor submits another, shaped to the nodes that are up: nodes Slurm will not run jobs on, and
   nodes Flux lost less than `rejoin_after` seconds ago, are left out (`--exclude`), so a node that came back is
-  used again by the next block. Tasks that were running in the ended block fail (Parsl's retries rerun them);
+  used again by the next block (fluxmpi.launch.shaping); a block still pending for more nodes than are up is
+  ended and asked again smaller. Tasks that were running in the ended block fail (Parsl's retries rerun them);
   after `max_block_failures` blocks in a row in which no task finished, the executor gives up and fails the rest.
 - Walltime-aware admission: a task that declares a walltime (its spec's; a timeout alone does not) goes to the block only
   while it fits in the time the block has left, checked again when Flux gives it its nodes (if it no longer
