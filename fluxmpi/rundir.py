@@ -8,7 +8,7 @@ where things are and what the records hold:
     WORKDIR/bin/          the app compiled for the run
     WORKDIR/faults/       markers of --fail-once faults
     WORKDIR/runinfo/      Parsl's run directory (logs, submit scripts)
-    WORKDIR/run.json      the run record: rewritten after every finished task, and at the end
+    WORKDIR/run.json      the run record: rewritten within a second of a finished task, and at the end
     WORKDIR/manifest.json what the run created (for `fluxmpi clean`), and which process owns it (pid, host)
 """
 

@@ -1,7 +1,7 @@
 """One run: load a launch path's Parsl config, compile the app on the cluster, run the tasks, check placements.
 
 Every wait is bounded and says what it waited for; finished tasks' records are kept whatever happens after:
-run.json is rewritten after every finished task and when the run ends, fails or is interrupted (SIGINT,
+run.json is rewritten within a second of every finished task and when the run ends, fails or is interrupted (SIGINT,
 SIGTERM), and a run can be resumed from it (docs/reliability.md).
 """
 

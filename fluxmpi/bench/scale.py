@@ -147,7 +147,7 @@ def scale_targets(rows: list[dict]) -> list[dict]:
         where = f"{r['nodes']} nodes, {r['tasks']} x {r['size']}-node"
         if r["tasks"] >= SLOPE_MIN_TASKS and r["overhead_slope"] is not None:
             out.append(_target("slope", where, r["name"], abs(r["overhead_slope"]), SLOPE_LIMIT,
-                               f"|overhead slope| {r['overhead_slope'] * 1000:+.2f} ms/task (limit 1 ms/task)"))
+                               f"overhead slope {r['overhead_slope'] * 1000:+.2f} ms/task (limit ±1 ms/task)"))
         if r.get("cpu_marginal") is not None:
             out.append(_target("driver cpu", where, r["name"], r["cpu_marginal"], CPU_LIMIT,
                                f"{r['cpu_marginal'] * 1000:.1f} ms of driver CPU per added task (limit 5 ms)"))
