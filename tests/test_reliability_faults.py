@@ -97,8 +97,10 @@ def _victim_of_busy_node(cluster, workdir, after: float = 0.0):
     return kill
 
 
-def _victim_not_first(cluster, workdir, after: float = 1.0):
-    """Kill a busy node of the run's block that is not its first (where the HTEX pool runs)."""
+def _victim_not_first(cluster, workdir, after: float = 0.5):
+    """Kill a busy node of the run's block that is not its first (where the HTEX pool runs), while the task
+    there still runs (the tasks sleep 8 s: a poll that first sees the node late in its task must not kill it
+    after the task ended, as happened once with 5 s tasks and a 1 s delay)."""
     def kill(box):
         _, nodes = faults.wait_running_job(cluster, str(workdir), 120)
         deadline = time.monotonic() + 120
@@ -117,7 +119,7 @@ def test_node_death_on_htex_path_goes_on_in_a_block_of_the_nodes_left(cluster, s
     and the replacement asks for the 3 nodes left instead of pending for the dead one; every task finishes."""
     box = in_background(_victim_not_first(cluster, tmp_path))
     two = MPITaskSpec(nodes=2, ranks_per_node=1)
-    result = run_tasks("htex", site, [two] * 3, app="mpi4py", workdir=tmp_path, sleep=5.0,
+    result = run_tasks("htex", site, [two] * 3, app="mpi4py", workdir=tmp_path, sleep=8.0,
                        nodes_per_block=len(cluster.layout.node_names), retries=2, resilience=Resilience(**FAST),
                        run_timeout=240)
     box["thread"].join(5)
