@@ -4,6 +4,7 @@ node-spanning task. Change one word (--path) to run it on another launch path.
     python3 examples/hello_mpi_app.py --path htex --workdir /tmp/hello         # the local cluster
     python3 examples/hello_mpi_app.py --path flux-jobs --workdir /tmp/hello --nodes 3 --repeats 12
     python3 examples/hello_mpi_app.py --cluster slurm --partition compute --path htex --workdir $PWD/hello
+    python3 examples/hello_mpi_app.py --cluster pbs --partition debug --path htex-mpiexec --mpicc cc --workdir $PWD/h
 
 Prints where every rank ran (checked by fluxmpi.placement from the rank wrapper's records) and a JSON summary
 as its last line; exits 1 if a task failed or ran elsewhere than it asked.
@@ -25,9 +26,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @python_app
-def compile_hello(src, exe):
+def compile_hello(src, exe, mpicc="mpicc"):
     import subprocess
-    subprocess.run(["mpicc", "-O2", "-o", exe, src], check=True, capture_output=True, text=True)
+    subprocess.run([mpicc, "-O2", "-o", exe, src], check=True, capture_output=True, text=True)
     return exe
 
 
@@ -40,7 +41,7 @@ def hello(exe, seconds=0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--path", default="htex", choices=["htex", "htex-mpiexec", "static", "flux", "flux-jobs"])
-    ap.add_argument("--cluster", default="local", choices=["local", "slurm"])
+    ap.add_argument("--cluster", default="local", choices=["local", "slurm", "pbs"])
     ap.add_argument("--cluster-name", default="fluxmpi")
     ap.add_argument("--partition", default=None)
     ap.add_argument("--workdir", type=Path, required=True)
@@ -49,6 +50,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sleep", type=float, default=0)
     ap.add_argument("--nodes-per-block", type=int, default=None)
+    ap.add_argument("--mpicc", default=None,
+                    help="the MPI compiler matching the path's launcher [mpicc; mpicc.mpich on the local PBS cluster]")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,8 @@ def main() -> int:
         options = {"nodes_per_block": block} if block else {}
         dfk = parsl.load(fluxmpi.config(args.path, site=site, run_dir=str(work / "runinfo"), **options))
         try:
-            exe = compile_hello(str(HERE / "mpitest.c"), str(work / "mpitest"))
+            mpicc = args.mpicc or ("mpicc.mpich" if site.mpiexec == "mpich" else "mpicc")
+            exe = compile_hello(str(HERE / "mpitest.c"), str(work / "mpitest"), mpicc)
             futures = [hello(exe, args.sleep, spec=spec, name=f"hello-{i}") for i in range(args.repeats)]
             done, not_done = wait(futures, timeout=900)
             failed = {f"hello-{i}": str(f.exception()) for i, f in enumerate(futures)

@@ -61,6 +61,9 @@ def config(path: str, site: Site, **options: Any) -> Config:
     if unknown:
         raise SpecError(f"option(s) {', '.join(unknown)} do not apply to the {path} path: it takes "
                         f"{', '.join(OPTIONS[path])}")
+    if site.scheduler == "pbs":
+        from .launch.pbs_blocks import check_pbs_path
+        check_pbs_path(site, path)
     res = options.get("resilience") or Resilience()
     if not isinstance(res, Resilience):
         raise SpecError(f"resilience={res!r} is not a fluxmpi Resilience(...)")

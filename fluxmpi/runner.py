@@ -22,7 +22,7 @@ from typing import Callable
 import parsl
 from parsl.executors.high_throughput.errors import ManagerLost
 
-from . import placement, slurm
+from . import pbs, placement, slurm
 from .apps import compile_app, run_mpi_task
 from .errors import FluxmpiError
 from .launch.flux.executor import (
@@ -33,6 +33,7 @@ from .launch.flux.executor import (
 from .launch.gate import check_policy
 from .launch.paths import LaunchPath, get_path
 from .launch.resilience import Resilience
+from .launchers import compiler_for
 from .launch.watch import ACTIVE_STATES, BlockWatch
 from .container import site_binds
 from .mpi_apps import TASK_ID_RE, app_command
@@ -41,6 +42,7 @@ from .rank_wrapper import wrap
 from .rankfault import RankFault, as_faults, task_fault_options
 from .resume import finished_tasks
 from .rundir import RunDir, write_json
+from .schedulers import ERRORS, client_for
 from .site import Site
 from .spec import MPITaskSpec, SpecError, parse_walltime
 
@@ -166,11 +168,20 @@ def _cleanup_parsl(dfk, timeout: float = CLEANUP_TIMEOUT, cancelled: list[str] |
     threading.Thread(target=shut, name="fluxmpi-cleanup", daemon=True).start()
     done.wait(timeout)
     job_ids = _job_ids(dfk)
-    still = _cancel_active([j for j in job_ids if j not in let_go])
+    still = _cancel_active([j for j in job_ids if j not in let_go], client=_client_of(dfk))
     if cancelled is not None:
         cancelled += still
     parsl.clear()
     return job_ids
+
+
+def _client_of(dfk):
+    """The batch system client (fluxmpi.schedulers) the run's blocks were submitted with."""
+    from parsl.providers import PBSProProvider
+    for ex in dfk.executors.values():
+        if isinstance(getattr(ex, "provider", None), PBSProProvider):
+            return pbs
+    return slurm
 
 
 def _job_ids(dfk) -> list[str]:
@@ -185,30 +196,31 @@ def _job_ids(dfk) -> list[str]:
 _CANCEL_STATES = ACTIVE_STATES - {"COMPLETING", "STAGE_OUT"}
 
 
-def _cancel_active(job_ids: list[str], timeout: float = CANCEL_TIMEOUT) -> list[str]:
-    """scancel the jobs still active and wait until squeue shows none of them active; returns those cancelled.
+def _cancel_active(job_ids: list[str], timeout: float = CANCEL_TIMEOUT, client=slurm) -> list[str]:
+    """Cancel the jobs still active (scancel, or qdel on PBS: `client`) and wait until the batch system shows none
+    of them active; returns those cancelled.
 
     A job COMPLETING on a node that does not respond is not waited for: it stays so until Slurm declares the
     node down, and nothing of it can run meanwhile."""
     if not job_ids:
         return []
-    states = _states(job_ids)
+    states = _states(job_ids, client)
     if states is None:   # squeue did not answer: cancel them all, scancel ignores finished jobs
         targets, waiting = list(job_ids), list(job_ids)
     else:
         targets = [j for j, info in states.items() if info["state"] in _CANCEL_STATES]
         waiting = [j for j, info in states.items() if info["state"] in ACTIVE_STATES]
     try:
-        slurm.scancel(targets)
-    except slurm.SlurmError as err:
+        client.cancel(targets)
+    except ERRORS as err:
         print(f"fluxmpi: warning: {err}", file=sys.stderr)
     deadline = time.monotonic() + timeout
     left = waiting
     while left and time.monotonic() < deadline:
-        states = _states(left)
+        states = _states(left, client)
         if states is not None:
             left = [j for j, info in states.items() if info["state"] in ACTIVE_STATES and not (
-                info["state"] == "COMPLETING" and _unresponsive(info["nodes"]))]
+                info["state"] == "COMPLETING" and _unresponsive(info["nodes"], client))]
         if left:
             time.sleep(0.5)
     if left:
@@ -217,18 +229,18 @@ def _cancel_active(job_ids: list[str], timeout: float = CANCEL_TIMEOUT) -> list[
     return targets
 
 
-def _states(job_ids: list[str]) -> dict[str, dict] | None:
-    """The jobs' states, or None when squeue did not answer (the clean-up goes on without)."""
+def _states(job_ids: list[str], client=slurm) -> dict[str, dict] | None:
+    """The jobs' states, or None when squeue (qstat) did not answer (the clean-up goes on without)."""
     try:
-        return slurm.job_states(job_ids)
-    except slurm.SlurmError:
+        return client.job_states(job_ids)
+    except ERRORS:
         return None
 
 
-def _unresponsive(hostlist: str) -> bool:
+def _unresponsive(hostlist: str, client=slurm) -> bool:
     try:
-        return slurm.any_unresponsive(hostlist)
-    except slurm.SlurmError:
+        return client.any_unresponsive(hostlist)
+    except ERRORS:
         return False
 
 
@@ -402,7 +414,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             with guard.sparing_children():
                 dfk = parsl.load(config)
             state["t_loaded"] = time.time()
-            watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout)
+            watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout,
+                               client=client_for(site.scheduler))
             run_app = _python_app(run_mpi_task, lp.label)
             task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
             if commands is None and app == "c" and binary is None:
@@ -417,7 +430,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
                 outcome.admitted = time.time()    # the executor's node gate may say later (see _record)
                 extra = dict(extra)
                 limit = extra.pop("timeout", task_timeout)
-                fut = app_futures[tid] = run_app(spec.to_dict(), lp.launcher, argv, tid, limit, **task_kw,
+                fut = app_futures[tid] = run_app(spec.to_dict(), lp.launcher_on(site), argv, tid, limit, **task_kw,
                                                  **extra, **kwargs)
                 fut.add_done_callback(lambda f, o=outcome: (_record(o, f, app_futures.get(o.task), failures),
                                                             writer.note_change()))
@@ -548,8 +561,8 @@ def _first_block_start(watch: BlockWatch | None) -> float | None:
     if watch is None or not watch.jobs:
         return None
     try:
-        starts = slurm.job_start_times(list(watch.jobs))
-    except slurm.SlurmError as err:
+        starts = watch.client.job_start_times(list(watch.jobs))
+    except ERRORS as err:
         logger.info("start times of the run's blocks: %s", err)
         return None
     return min(starts.values()) if starts else None
@@ -564,7 +577,8 @@ def _compile_first(lp: LaunchPath, bin_dir: Path, site: Site,
     rs = lp.resources(one, site)
     kwargs = {"parsl_resource_specification": rs} if rs else {}
 
-    fut = compile_task(str(bin_dir), **(task_kw or {}), **kwargs)
+    mpicc = compiler_for(lp.launcher_on(site))
+    fut = compile_task(str(bin_dir), **({"mpicc": mpicc} if mpicc != "mpicc" else {}), **(task_kw or {}), **kwargs)
     try:
         out = fut.result(timeout=COMPILE_TIMEOUT)
     except TimeoutError:

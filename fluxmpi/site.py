@@ -1,4 +1,4 @@
-"""Where tasks run: a Slurm cluster's partition, node size and the settings blocks need.
+"""Where tasks run: a Slurm partition or PBS queue, its node size and the settings blocks need.
 
 The config builders take a `Site`, so they work the same on the local cluster and on a real one.
 """
@@ -38,6 +38,14 @@ class Site:
     # files its clients read (SlurmdSpoolDir), which `srun --mpi=pmix` ranks inside an image need. On the
     # local cluster its whole state directory: binding only the spool part of it was measured not to be enough.
     container_binds: tuple[str, ...] = ()
+    # The batch system: "slurm" (partition = a Slurm partition) or "pbs" (partition = a PBS queue).
+    scheduler: str = "slurm"
+    # Which `mpiexec` ranks start with on a PBS site: "pals" (HPE Cray PALS, as on Polaris), "mpich" (hydra) or
+    # "openmpi" (fluxmpi.launchers). Slurm sites start ranks with srun, or Open MPI's mpirun on htex-mpiexec.
+    mpiexec: str = ""
+    # More options every block's job script carries, e.g. PBS "-A project", "-l filesystems=home:eagle" (as
+    # Polaris asks for) or Slurm "--account=project"; written as `#PBS ...` / `#SBATCH ...` lines.
+    batch_options: tuple[str, ...] = ()
 
     def apply_env(self) -> None:
         """Export the site's variables into this process, so Parsl's sbatch and its blocks inherit them."""
@@ -46,10 +54,25 @@ class Site:
     @classmethod
     def from_local_cluster(cls, cluster: LocalCluster) -> "Site":
         lay = cluster.layout
+        # On the PBS cluster ranks start with MPICH's hydra mpiexec (over the cluster's ssh): Debian's MPI whose
+        # flags are PALS' nearest (-n, -ppn, hosts), where Open MPI would need a hostfile with slots.
+        pbs = {"scheduler": "pbs", "mpiexec": "mpich"} if lay.scheduler == "pbs" else {}
         return cls(name=f"local:{lay.name}", partition=lay.partition, nodes=lay.nodes,
                    cores_per_node=lay.cpus_per_node, gpus_per_node=lay.gpus_per_node,
                    address=lay.login_address, env=cluster.env(),
-                   ssh=str(lay.ssh_wrapper), container_binds=(str(lay.state_dir),))
+                   ssh=str(lay.ssh_wrapper), container_binds=(str(lay.state_dir),), **pbs)
+
+    @property
+    def queue(self) -> str:
+        """The PBS word for the partition."""
+        return self.partition
+
+    @classmethod
+    def from_pbs(cls, queue: str | None = None, address: str | None = None, worker_init: str = "",
+                 mpiexec: str = "pals", batch_options: tuple[str, ...] = (), env: dict | None = None) -> "Site":
+        """Ask the PBS server about a queue (see site_from_pbs)."""
+        return site_from_pbs(queue, address=address, worker_init=worker_init, mpiexec=mpiexec,
+                             batch_options=batch_options, env=env)
 
     @classmethod
     def from_slurm(cls, partition: str | None = None, address: str | None = None,
@@ -82,6 +105,45 @@ class Site:
         gpus = _gpus_from_gres(chosen[3])
         return cls(name=f"slurm:{name}", partition=name, nodes=nodes, cores_per_node=cores, gpus_per_node=gpus,
                    address=address, worker_init=worker_init, container_binds=_slurmd_spool_root(timeout))
+
+
+PBS_MPIEXECS = ("pals", "mpich", "openmpi")
+
+
+def site_from_pbs(queue: str | None = None, address: str | None = None, worker_init: str = "",
+                  mpiexec: str = "pals", batch_options: tuple[str, ...] = (), env: dict | None = None) -> Site:
+    """Ask the PBS server the environment points at (PBS_CONF_FILE or /etc/pbs.conf) about a queue: the server's
+    default queue when none is given; its nodes (those tied to it with `queue`, else every untied node), and the
+    smallest node's ncpus and ngpus, so that a block of any of them holds what a task asks for."""
+    from . import pbs
+    if mpiexec not in PBS_MPIEXECS:
+        raise SiteError(f"mpiexec={mpiexec!r} is not known: give one of {', '.join(PBS_MPIEXECS)} "
+                        f"(pals for HPE Cray PALS, as on Polaris)")
+    try:
+        if queue is None:
+            queue = pbs.server_info(env).get("default_queue")
+            if not queue:
+                raise SiteError("the PBS server has no default_queue: give the queue (--partition QUEUE)")
+        queues = pbs.queues_info(env)
+        if queue not in queues:
+            raise SiteError(f"queue {queue!r} does not exist; `qstat -Q` lists the queues: "
+                            f"{', '.join(sorted(queues))}")
+        q = queues[queue]
+        if str(q.get("enabled", "True")) != "True" or str(q.get("started", "True")) != "True":
+            raise SiteError(f"queue {queue!r} is not enabled and started (enabled={q.get('enabled')}, "
+                            f"started={q.get('started')})")
+        info = pbs.nodes_info(env)
+    except pbs.PBSError as err:
+        raise SiteError(f"PBS could not be asked about queue {queue!r}: {err}") from None
+    nodes = pbs.queue_nodes(queue, info=info)
+    if not nodes:
+        raise SiteError(f"queue {queue!r} has no nodes: `pbsnodes -a` lists none it may use")
+    avail = [info[n].get("resources_available", {}) for n in nodes]
+    cores = min(int(a.get("ncpus", 1)) for a in avail)
+    gpus = min(int(a.get("ngpus", 0)) for a in avail)
+    return Site(name=f"pbs:{queue}", partition=queue, nodes=len(nodes), cores_per_node=cores, gpus_per_node=gpus,
+                address=address, worker_init=worker_init, scheduler="pbs", mpiexec=mpiexec,
+                batch_options=tuple(batch_options), env=dict(env or {}))
 
 
 def _slurmd_spool_root(timeout: float) -> tuple[str, ...]:
@@ -125,15 +187,19 @@ def running_local_nodes(name: str = DEFAULT_NAME) -> int | None:
 def open_site(cluster: str = "local", *, nodes: int = 4, need: int | None = None, partition: str | None = None,
               address: str | None = None, name: str = DEFAULT_NAME, log=print) -> Iterator[Site]:
     """The Site to run on: "local" uses the local cluster `name` (booting it with `nodes` nodes if it is not
-    up, and tearing it down afterwards only in that case); "slurm" asks the Slurm this machine points at.
+    up, and tearing it down afterwards only in that case); "slurm" asks the Slurm this machine points at, "pbs"
+    the PBS server (`partition` is then its queue).
 
     need: the fewest nodes the work needs [nodes]. A local cluster already up is used as it is when it has at
     least that many, whatever its size; only a smaller one is an error."""
     if cluster == "slurm":
         yield Site.from_slurm(partition=partition, address=address)
         return
+    if cluster == "pbs":
+        yield Site.from_pbs(queue=partition, address=address)
+        return
     if cluster != "local":
-        raise SiteError(f"--cluster {cluster!r} is not known: use 'local' (the embedded cluster) or 'slurm'")
+        raise SiteError(f"--cluster {cluster!r} is not known: use 'local' (the embedded cluster), 'slurm' or 'pbs'")
     booted = False
     try:
         local = LocalCluster.running(name)

@@ -123,6 +123,9 @@ def scancel(job_ids: list[str], env: dict | None = None) -> None:
         run_slurm(["scancel", *job_ids], env=env)
 
 
+cancel = scancel     # the name fluxmpi.schedulers' callers use for either batch system
+
+
 def wait_inactive(job_ids: list[str], env: dict | None = None, timeout: float = RELEASE_TIMEOUT) -> None:
     """Wait until none of `job_ids` holds nodes any more (finished and no longer COMPLETING)."""
     deadline = time.monotonic() + timeout

@@ -69,6 +69,12 @@ def charliecloud_unavailable_reason() -> str | None:
     return None
 
 
+def pbs_unavailable_reason() -> str | None:
+    """Why the local PBS cluster cannot run here (the local cluster's parts, an OpenPBS build, PostgreSQL)."""
+    from fluxmpi.cluster.pbs import pbs_unavailable_reason as missing_pbs
+    return cluster_unavailable_reason() or missing_pbs()
+
+
 # marker -> what it needs -> why that is absent here (None: present)
 PARTS = {
     "cluster": ("the local multi-node cluster", cluster_unavailable_reason),
@@ -77,6 +83,7 @@ PARTS = {
     "shellcheck": ("shellcheck", shellcheck_unavailable_reason),
     "spack": ("a real Spack", spack_unavailable_reason),
     "charliecloud": ("Charliecloud and mmdebstrap", charliecloud_unavailable_reason),
+    "pbs": ("the local PBS cluster (OpenPBS)", pbs_unavailable_reason),
 }
 
 

@@ -1,4 +1,4 @@
-"""`fluxmpi cluster up|down|status|env`: the local multi-node Slurm cluster."""
+"""`fluxmpi cluster up|down|status|env`: the local multi-node cluster (Slurm, or OpenPBS with --scheduler pbs)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _cluster(name: str) -> LocalCluster:
 
 @click.group()
 def cluster() -> None:
-    """A real multi-node Slurm cluster on this machine (one network namespace per node)."""
+    """A real multi-node Slurm (or PBS) cluster on this machine (one network namespace per node)."""
 
 
 @cluster.command()
@@ -50,11 +50,17 @@ def cluster() -> None:
               help="Slurm power saving: idle nodes power down (their daemons stop) and jobs power them up again.")
 @click.option("--resume-delay", type=float, default=None,
               help=f"With --elastic: seconds a powered-down node takes to come back [{DEFAULT_RESUME_DELAY:g}].")
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]), default="slurm", show_default=True,
+              help="The batch system: Slurm (Debian's packages) or OpenPBS (a build of the user's: --pbs-exec).")
+@click.option("--pbs-exec", default="", metavar="DIR",
+              help="With --scheduler pbs: the OpenPBS installation (PBS_EXEC) [$FLUXMPI_PBS_EXEC, /opt/openpbs, "
+                   "/opt/pbs].")
 def up(name: str, nodes: int, cpus_per_node: int | None, gpus_per_node: int, subnet: str, timeout: float,
-       elastic: bool, resume_delay: float | None) -> None:
+       elastic: bool, resume_delay: float | None, scheduler: str, pbs_exec: str) -> None:
     """Boot the cluster and wait until every node is idle (does nothing if it is already up)."""
     try:
         kw = {"cpus_per_node": cpus_per_node} if cpus_per_node else {}
+        kw.update(scheduler=scheduler, pbs_exec=pbs_exec)
         kw["gpus_per_node"] = gpus_per_node
         if elastic:
             kw.update(elastic=True, resume_delay=DEFAULT_RESUME_DELAY if resume_delay is None else resume_delay)

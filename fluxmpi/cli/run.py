@@ -48,11 +48,12 @@ logger = logging.getLogger(__name__)
 @click.option("--app", type=click.Choice(APPS), default="c", show_default=True)
 @click.option("--sleep", type=float, default=None, help="Seconds each rank sleeps after MPI_Init.")
 @click.option("--busy", type=float, default=None, help="Seconds each rank spins after MPI_Init.")
-@click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: the embedded cluster (booted if none is up); slurm: the Slurm this machine uses.")
+@click.option("--cluster", type=click.Choice(["local", "slurm", "pbs"]), default="local", show_default=True,
+              help="local: the embedded cluster (booted if none is up); slurm: the Slurm this machine uses; pbs: "
+                   "the PBS Pro server it uses (paths htex-mpiexec, ranks by PALS mpiexec).")
 @click.option("--cluster-name", default="fluxmpi", show_default=True, help="Name of the local cluster to use.")
 @click.option("--cluster-nodes", type=int, default=4, show_default=True, help="Nodes of a local cluster booted for this run.")
-@click.option("--partition", default=None, help="Slurm partition [the default partition].")
+@click.option("--partition", default=None, help="Slurm partition, or PBS queue [the default one].")
 @click.option("--nodes-per-block", type=int, default=None, help="Nodes in each Parsl block [all of the partition].")
 @click.option("--walltime", default="00:30:00", show_default=True, help="Walltime of each block.")
 @click.option("--task-timeout", type=float, default=600, show_default=True, help="Seconds before a task is killed.")
@@ -176,6 +177,9 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
                                     cores_per_node=site.cores_per_node, gpus_per_node=site.gpus_per_node)
             PATHS[path].check(site, specs, nodes_per_block)   # refuse before booting Parsl
             if warm is not None:
+                if site.scheduler == "pbs":
+                    raise SpecError(f"--warm {warm}: the warm hold powers nodes up through Slurm's power saving; "
+                                    f"{site.name} is a PBS site: drop --warm")
                 holds.check_warm_nodes(warm, site.nodes, f"partition {site.partition!r} of {site.name}")
             what = (f"{len(specs)} tasks of {tasks_file}" if tasks_file else
                     f"{repeats} x {spec}" + (f" {' '.join(command)}" if command else ""))

@@ -31,6 +31,8 @@ DEFAULT_SUSPEND_TIME = 30
 MAX_RESUME_DELAY = 600.0
 MAX_GPUS_PER_NODE = 16
 
+SCHEDULERS = ("slurm", "pbs")
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
 
 
@@ -63,6 +65,10 @@ class ClusterLayout:
     elastic: bool = False
     resume_delay: float = 0.0
     suspend_time: int = DEFAULT_SUSPEND_TIME
+    # The batch system the cluster runs: "slurm", or "pbs" (an OpenPBS the user built or the site installed, at
+    # `pbs_exec`: its server, scheduler and comm on the login side, a pbs_mom in each node).
+    scheduler: str = "slurm"
+    pbs_exec: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -95,6 +101,12 @@ class ClusterLayout:
         if not re.match(r"^[a-z][a-z0-9-]{0,15}$", self.node_prefix):
             raise LayoutError(f"node prefix {self.node_prefix!r} is not a valid hostname prefix")
         self._check_elastic()
+        if self.scheduler not in SCHEDULERS:
+            raise LayoutError(f"--scheduler {self.scheduler!r} is not known: give one of {', '.join(SCHEDULERS)}")
+        if self.scheduler == "pbs" and self.elastic:
+            raise LayoutError("--elastic needs Slurm's power saving: the PBS cluster has none; drop --elastic")
+        if self.pbs_exec and self.scheduler != "pbs":
+            raise LayoutError(f"--pbs-exec {self.pbs_exec} only applies to --scheduler pbs")
 
     def _check_elastic(self) -> None:
         delay = self.resume_delay
@@ -214,6 +226,15 @@ class ClusterLayout:
     @property
     def lock_file(self) -> Path:
         return self.state_dir / "state.lock"
+
+    def pbs_home(self, daemon: str) -> Path:
+        """PBS_HOME of the PBS server side ("server": server, scheduler, comm and their datastore) or of a node's
+        mom (the node's name)."""
+        return self.state_dir / "pbs" / daemon
+
+    def pbs_conf(self, daemon: str) -> Path:
+        """The pbs.conf of "server" or of a node's mom; the client commands use the server's."""
+        return self.state_dir / "etc" / f"pbs-{daemon}.conf"
 
     def power_program(self, action: str) -> Path:
         """The ResumeProgram / SuspendProgram slurmctld runs in elastic mode (action: resume or suspend)."""

@@ -67,13 +67,14 @@ class ClusterStatus:
         lay = self.layout
         if not self.running:
             return f"cluster {lay.name} is not up (start it with `fluxmpi cluster up --name {lay.name}`)"
-        head = (f"cluster {lay.name}: up, {lay.nodes} nodes x "
-                f"{lay.cpus_per_node} cpus, partition {lay.partition}, subnet {lay.subnet}, "
-                f"SLURM_CONF={lay.slurm_conf}")
+        pbs = lay.scheduler == "pbs"
+        head = (f"cluster {lay.name}: up, {lay.nodes} nodes x {lay.cpus_per_node} cpus, "
+                + (f"PBS queue {lay.partition}, subnet {lay.subnet}, PBS_CONF_FILE={lay.pbs_conf('server')}" if pbs
+                   else f"partition {lay.partition}, subnet {lay.subnet}, SLURM_CONF={lay.slurm_conf}"))
         if lay.elastic:
             head += (f"\nelastic: idle nodes power down after {lay.suspend_time}s and take {lay.resume_delay:g}s to "
                      "come back (state idle~ = powered down, # = powering up, % = powering down)")
-        rows = [f"{'NODELIST':<12} {'ADDRESS':<15} {'STATE':<10} {'SLURMD':<7} SSHD"]
+        rows = [f"{'NODELIST':<12} {'ADDRESS':<15} {'STATE':<10} {'PBS_MOM' if pbs else 'SLURMD':<7} SSHD"]
         for n in self.nodes:
             rows.append(f"{n.name:<12} {n.address:<15} {n.slurm_state:<10} "
                         f"{'up' if n.slurmd else 'down':<7} {'up' if n.sshd else 'down'}")
@@ -109,7 +110,19 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 class LocalCluster:
-    """One named local cluster. Create with a layout to boot it, or `LocalCluster.running(name)` to use it."""
+    """One named local cluster. Create with a layout to boot it, or `LocalCluster.running(name)` to use it.
+
+    A layout with scheduler "pbs" makes a LocalPBSCluster (fluxmpi.cluster.pbs): the same nodes, network and
+    sshd, with OpenPBS daemons where this class starts Slurm's."""
+
+    NODE_DAEMON = "slurmd"       # the batch system's daemon on each node (its pid is recorded as "slurmd:NODE")
+    READY_STATE = "idle"         # the node state `up` waits for
+
+    def __new__(cls, layout: ClusterLayout | None = None):
+        if cls is LocalCluster and layout is not None and layout.scheduler == "pbs":
+            from .pbs import LocalPBSCluster
+            return super().__new__(LocalPBSCluster)
+        return super().__new__(cls)
 
     def __init__(self, layout: ClusterLayout | None = None):
         self.layout = layout or ClusterLayout()
@@ -174,8 +187,7 @@ class LocalCluster:
                 self._mark("netns", lay.netns(node))
             network.add_hosts_block(lay)
             self._mark("hosts", True)
-            self._start_munged()
-            self._start_slurmctld()
+            self._start_control()
             for node in lay.node_names:
                 self.start_node(node)
             self._wait_idle(timeout)
@@ -272,6 +284,11 @@ class LocalCluster:
         self._state["pids"][name] = pid
         self._save()
 
+    def _start_control(self) -> None:
+        """The batch system's side on the login node: munged and slurmctld."""
+        self._start_munged()
+        self._start_slurmctld()
+
     def _start_munged(self) -> None:
         m = self.layout.state_dir / "munge"
         pid = spawn_detached([
@@ -309,7 +326,7 @@ class LocalCluster:
     def stop_node(self, node: str, grace: float = 3.0) -> int:
         """Stop every process on a node (its "power off"): daemons, job steps, ssh sessions. Returns how many."""
         victims = set(pids_in_netns(network.NETNS_DIR / self.layout.netns(node)))
-        for daemon in ("slurmd", "sshd"):
+        for daemon in (self.NODE_DAEMON, "sshd"):
             pid = self._state["pids"].pop(f"{daemon}:{node}", None)
             if pid and alive(pid) and names_path(command_of(pid), self.layout.state_dir):
                 victims.add(pid)
@@ -353,15 +370,16 @@ class LocalCluster:
                 states = self.node_states()
             except (subprocess.TimeoutExpired, ValueError):
                 states = {}
-            if states and all(states.get(n, "").rstrip("*") == "idle" for n in self.layout.node_names):
+            if states and all(states.get(n, "").rstrip("*") == self.READY_STATE for n in self.layout.node_names):
                 return
             dead = [k for k, pid in self._state["pids"].items() if not alive(pid)]
             if dead:
                 raise ClusterError(f"daemon(s) exited during start-up: {', '.join(dead)}")
             time.sleep(0.3)
         not_idle = {n: states.get(n, "unknown") for n in self.layout.node_names
-                    if states.get(n, "").rstrip("*") != "idle"}
-        raise ClusterError(f"timed out after {timeout:.0f}s waiting for nodes to be idle; not idle: {not_idle}")
+                    if states.get(n, "").rstrip("*") != self.READY_STATE}
+        raise ClusterError(f"timed out after {timeout:.0f}s waiting for nodes to be {self.READY_STATE}; "
+                           f"not {self.READY_STATE}: {not_idle}")
 
     def _diagnose(self) -> str:
         lines = []
@@ -383,11 +401,11 @@ class LocalCluster:
         problems = [f"{k} (pid {p}) is not running" for k, p in pids.items() if not alive(p)]
         try:
             slurm = self.node_states()
-        except (subprocess.TimeoutExpired, ValueError, OSError) as err:
+        except (subprocess.TimeoutExpired, ValueError, OSError, FluxmpiError) as err:
             slurm = {}
-            problems.append(f"sinfo failed: {err}")
+            problems.append(f"asking for the node states failed: {err}")
         nodes = [NodeStatus(n, lay.node_address(n), slurm.get(n, "unknown"),
-                            alive(pids.get(f"slurmd:{n}", -1)), alive(pids.get(f"sshd:{n}", -1)))
+                            alive(pids.get(f"{self.NODE_DAEMON}:{n}", -1)), alive(pids.get(f"sshd:{n}", -1)))
                  for n in lay.node_names]
         return ClusterStatus(lay, running=True, nodes=nodes, problems=problems)
 

@@ -5,7 +5,8 @@ The set-up of single-GPU ensembles (Polaris' "one task per GPU"): Parsl's HighTh
 counterparts), and the CPU affinity that matches (`block`: each worker its share of the node's cores, where
 every GPU can have at least one). Tasks are ordinary Parsl apps of one node; node-spanning MPI tasks use the
 other paths. A pool runs on each node (SrunLauncher, one task per node: the block's widened Slurm task counts,
-fluxmpi.launch.blocks, would otherwise put two pools on one node).
+fluxmpi.launch.blocks, would otherwise put two pools on one node; on PBS, Parsl's MpiExecLauncher over
+$PBS_NODEFILE, as in Polaris' Parsl configuration).
 """
 
 from __future__ import annotations
@@ -48,9 +49,18 @@ def gpu_workers_config(site: Site, *, nodes_per_block: int | None = None, wallti
     """A Parsl Config running one task per GPU on `nodes_per_block` nodes [all of the site's partition]."""
     if site.gpus_per_node < 1:
         raise SpecError(f"{site.name} has no GPUs per node (partition {site.partition!r}): the one-task-per-GPU "
-                        "config needs nodes with GPUs (Slurm GRES gpu); use the htex path for CPU tasks")
+                        "config needs nodes with GPUs (Slurm GRES gpu, PBS resources_available.ngpus); use the htex "
+                        "path for CPU tasks")
     res = resilience or Resilience()
     shape = BlockShape.build(site, nodes_per_block, 1, walltime)
+    if site.scheduler == "pbs":     # Polaris' config: a pool per node by mpiexec over $PBS_NODEFILE
+        from .pbs_blocks import check_pbs_path, pbs_provider, pool_per_node_launcher
+        check_pbs_path(site, "htex-gpus")
+        provider = pbs_provider(site, shape, worker_init, launcher=pool_per_node_launcher(site),
+                                status_period=res.status_period)
+    else:
+        provider = slurm_provider(site, shape, worker_init, launcher=SrunLauncher(overrides="--ntasks-per-node=1"),
+                                  status_period=res.status_period)
     executor = GPUWorkersExecutor(
         label=label,
         address=site.address,
@@ -60,8 +70,7 @@ def gpu_workers_config(site: Site, *, nodes_per_block: int | None = None, wallti
         # so fewer cores than GPUs still gives every GPU its worker.
         cores_per_worker=site.cores_per_node / site.gpus_per_node,
         cpu_affinity=gpu_affinity_for(site),
-        provider=slurm_provider(site, shape, worker_init, launcher=SrunLauncher(overrides="--ntasks-per-node=1"),
-                                status_period=res.status_period),
+        provider=provider,
         heartbeat_threshold=res.heartbeat_threshold,
         heartbeat_period=min(res.heartbeat_period, res.heartbeat_threshold - 1),
         block_error_handler=res.block_error_handler(),

@@ -1,4 +1,4 @@
-"""HTEX in MPI mode: Parsl's `MPIExecutor` on Slurm blocks, ranks launched with srun or mpiexec.
+"""HTEX in MPI mode: Parsl's `MPIExecutor` on Slurm or PBS blocks, ranks launched with srun or mpiexec.
 
 One worker pool runs on the first node of each block; each task's launcher spreads its ranks over the nodes
 the pool's MPI scheduler handed it (`PARSL_MPI_NODELIST`). fluxmpi composes that launcher line itself from the
@@ -28,7 +28,8 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
                     run_dir: str = "runinfo", label: str = "htex_mpi",
                     heartbeat_threshold: int | None = None, resilience: Resilience | None = None,
                     admission: str = "largest-first") -> Config:
-    """A Parsl Config running MPI tasks through MPIExecutor + SlurmProvider.
+    """A Parsl Config running MPI tasks through MPIExecutor + SlurmProvider (or PBSProProvider on a PBS site,
+    where mpi_launcher must be "mpiexec" and the site's `mpiexec` says which one: fluxmpi.launch.pbs_blocks).
 
     site: where to run (partition, node size, address compute nodes use to reach this process).
     mpi_launcher: "srun" (Slurm PMIx) or "mpiexec" (the MPI's own launcher inside the block).
@@ -45,16 +46,24 @@ def htex_mpi_config(site: Site, *, mpi_launcher: str = "srun", nodes_per_block: 
     if mpi_launcher not in MPI_LAUNCHERS:
         raise ValueError(f"mpi_launcher={mpi_launcher!r} is not one of {MPI_LAUNCHERS}")
     shape = BlockShape.build(site, nodes_per_block, blocks, walltime)
+    if site.scheduler == "pbs":     # ranks start with the site's mpiexec over $PBS_NODEFILE's hosts
+        from .pbs_blocks import check_pbs_path, pbs_provider, rank_launcher
+        check_pbs_path(site, "htex-mpiexec" if mpi_launcher == "mpiexec" else "htex")
+        provider = pbs_provider(site, shape, worker_init, status_period=res.status_period)
+        ranks_by = rank_launcher(site)
+    else:
+        provider = slurm_provider(site, shape, worker_init, status_period=res.status_period)
+        ranks_by = _RANK_LAUNCHER[mpi_launcher]
     executor = GatedMPIExecutor(
         nodes_per_block=shape.nodes_per_block,
         admission=admission,
-        fluxmpi_launcher=_RANK_LAUNCHER[mpi_launcher],
+        fluxmpi_launcher=ranks_by,
         label=label,
         address=site.address,
         # Each task holds at least one node, so a block never runs more tasks than it has nodes.
         max_workers_per_block=shape.nodes_per_block,
         mpi_launcher=mpi_launcher,
-        provider=slurm_provider(site, shape, worker_init, status_period=res.status_period),
+        provider=provider,
         heartbeat_threshold=threshold,
         heartbeat_period=min(res.heartbeat_period, threshold - 1),
         block_error_handler=res.block_error_handler(),

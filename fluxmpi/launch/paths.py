@@ -53,6 +53,13 @@ class LaunchPath:
             return self.site_resource_spec(spec, site)
         return self.resource_spec(spec)
 
+    def launcher_on(self, site: Site) -> str:
+        """How ranks start on `site`: the path's own launcher, or on a PBS site the site's mpiexec."""
+        if site.scheduler == "pbs":
+            from .pbs_blocks import rank_launcher
+            return rank_launcher(site)
+        return self.launcher
+
     def task_options(self, site: Site, plan: Plan) -> dict:
         return self.task_kwargs(site, plan) if self.task_kwargs else {}
 
@@ -60,6 +67,9 @@ class LaunchPath:
         """Validate every task against this path and the site; raise SpecError before anything is submitted."""
         if not specs:
             raise SpecError("no tasks to run: give --repeats 1 or more")
+        if site.scheduler == "pbs":
+            from .pbs_blocks import check_pbs_path
+            check_pbs_path(site, self.name)
         plan = self.plan(site, specs, nodes_per_block)
         for i, spec in enumerate(specs):
             try:

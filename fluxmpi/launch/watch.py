@@ -1,13 +1,16 @@
-"""A run's watch on its blocks' Slurm jobs, so a run never waits on blocks that are gone (and says why)."""
+"""A run's watch on its blocks' batch jobs (Slurm or PBS), so a run never waits on blocks that are gone (and says
+why)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Callable
 
 from .. import slurm
+from ..schedulers import ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class BlockWatch:
     Each check() notes the jobs' states, the nodes they ran on, and which of those nodes Slurm now marks
     unusable (the run's lost nodes). It returns why waiting should stop, or None: when the path does not
     replace blocks (`replaces_blocks` False) and every block has ended, or when no block has been running
-    for `block_timeout` seconds.
+    for `block_timeout` seconds. `client` is the batch system's (fluxmpi.schedulers), Slurm's by default.
     """
     job_ids: Callable[[], list[str]]
     partition: str
@@ -38,6 +41,7 @@ class BlockWatch:
     lost_nodes: dict[str, str] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)    # job id -> when (epoch) it was first seen ending
     first_nodes: dict[str, str] = field(default_factory=dict)   # job id -> its first node (runs the batch script)
+    client: ModuleType = slurm
     _idle_since: float | None = None
     _noticed_at: float | None = None
     _expanded: dict[str, list[str]] = field(default_factory=dict)
@@ -46,8 +50,8 @@ class BlockWatch:
         now = time.monotonic() if now is None else now
         ids = [str(j) for j in self.job_ids()]
         try:
-            states = slurm.job_states(ids)
-        except slurm.SlurmError as err:   # one slow or failed squeue must not end the run: decide nothing now
+            states = self.client.job_states(ids)
+        except ERRORS as err:   # one slow or failed squeue must not end the run: decide nothing now
             logger.info("block watch: %s", err)
             return None
         self.jobs.update(states)
@@ -57,16 +61,16 @@ class BlockWatch:
         for job, info in states.items():
             if info["nodes"] and info["nodes"] not in self._expanded:
                 try:
-                    self._expanded[info["nodes"]] = slurm.expand_hostlist(info["nodes"])
-                except slurm.SlurmError as err:
+                    self._expanded[info["nodes"]] = self.client.expand_hostlist(info["nodes"])
+                except ERRORS as err:
                     logger.info("block watch: %s", err)
             hosts = self._expanded.get(info["nodes"], [])
             self.nodes_used.update(hosts)
             if hosts:   # as first seen: Slurm drops a failed node from a --no-kill job's list later
                 self.first_nodes.setdefault(job, hosts[0])
         try:
-            bad = slurm.unusable_nodes(self.partition)
-        except slurm.SlurmError as err:
+            bad = self.client.unusable_nodes(self.partition)
+        except ERRORS as err:
             logger.info("block watch: %s", err)
             bad = {}
         for node in self.nodes_used & set(bad):

@@ -12,6 +12,7 @@ names are what a launch path's `launcher` and an executor's `fluxmpi_launcher` s
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,16 @@ def _mpich(spec, nodes, app_argv, session_base=None):
     return mpiexec_args(spec, "mpich", hosts=nodes[:spec.nodes], program="mpiexec.mpich") + app_argv
 
 
+def _pals(spec, nodes, app_argv, session_base=None):
+    # PALS takes its hosts as a file: one of the launch's own, in its session directory base when it has one.
+    import tempfile
+    from .pals import gpu_prefix, pals_mpiexec_args, write_hostfile
+    fd, path = tempfile.mkstemp(prefix="fluxmpi-hosts-", dir=session_base)
+    os.close(fd)
+    hostfile = write_hostfile(nodes[:spec.nodes], path)
+    return pals_mpiexec_args(spec, hostfile=hostfile) + gpu_prefix(spec) + app_argv
+
+
 def _mpirun_local(spec, nodes, app_argv, session_base=None):
     # What a user of the out-of-the-box config writes: mpirun with a rank count and nothing else.
     return ["mpirun", "-n", str(spec.ranks)] + app_argv
@@ -43,8 +54,15 @@ def _mpirun_local(spec, nodes, app_argv, session_base=None):
 # Launchers a task body starts itself over the nodes it was given. "flux" (FluxExecutor's body is one rank)
 # and "flux-jobs" (the executor submits the program as a Flux job) start no launcher line: Flux does.
 COMPOSED: dict[str, Callable] = {"srun": _srun, "mpiexec-openmpi": _openmpi, "mpiexec-mpich": _mpich,
-                                 "mpirun-local": _mpirun_local}
+                                 "mpiexec-pals": _pals, "mpirun-local": _mpirun_local}
 NAMES = (*COMPOSED, "flux", "flux-jobs")
+# The compiler wrapper whose MPI each launcher starts (Debian's `mpicc` is Open MPI's; Cray's is `cc`).
+COMPILERS = {"mpiexec-mpich": "mpicc.mpich", "mpiexec-pals": "cc"}
+
+
+def compiler_for(launcher: str) -> str:
+    """The MPI compiler wrapper for programs whose ranks `launcher` starts."""
+    return COMPILERS.get(launcher, "mpicc")
 
 
 def launch_argv(spec, launcher: str, nodes: list[str], app_argv: list[str],
