@@ -20,6 +20,8 @@ from .errors import FluxmpiError
 
 logger = logging.getLogger(__name__)
 
+BATCH_SYSTEM = "PBS"                 # how messages name it
+
 COMMAND_TIMEOUT = 30.0                 # bound on any one PBS client command
 
 # PBS job states (qstat(1B)) by the Slurm name the block watch understands.

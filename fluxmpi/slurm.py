@@ -19,6 +19,8 @@ from .errors import FluxmpiError
 
 logger = logging.getLogger(__name__)
 
+BATCH_SYSTEM = "Slurm"                 # how messages name it
+
 COMMAND_TIMEOUT = 30.0                 # bound on any one Slurm client command
 RELEASE_TIMEOUT = 30.0                 # bound on waiting for cancelled jobs to leave their nodes
 # Job states in which a job still holds (or is about to hold) nodes.

@@ -147,3 +147,23 @@ def test_a_path_pbs_cannot_run_is_refused_before_anything_is_submitted(pbs_clust
     assert "path 'htex' runs on Slurm only" in proc.stderr and "htex-mpiexec" in proc.stderr
     after = subprocess.run(["qstat", "-x"], capture_output=True, text=True, env=pbs_cluster.environ(), timeout=30)
     assert after.stdout == listed.stdout         # no job was submitted
+
+
+@pytest.mark.flux
+def test_flux_inside_a_pbs_job_runs_mpi_tasks_with_a_gpu_per_rank_on_the_flux_jobs_path(pbs_cluster, tmp_path):
+    """flux-jobs on PBS: the block's brokers start with mpiexec over $PBS_NODEFILE, the instance is told the nodes'
+    4 GPUs, and each 2-node x 2-rank task with 1 GPU per rank runs as a Flux job: every rank on its own device."""
+    proc = _run(pbs_cluster, [sys.executable, "-m", "fluxmpi.cli", "run", "--path", "flux-jobs", "--cluster-name",
+                              NAME, "--nodes", "2", "--ranks-per-node", "2", "--gpus-per-rank", "1", "--repeats", "3",
+                              "--sleep", "1", "--workdir", str(tmp_path / "run")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["ok"] and run["placement_ok"], run.get("placement_report")
+    (job, block), = run["blocks"].items()
+    assert block["reason"].startswith("PBS state")
+    hostfile = next((tmp_path / "run" / "runinfo").glob("flux_jobs/block-*/hosts"))
+    assert hostfile.read_text().split() == pbs_cluster.layout.node_names
+    records = fluxmpi.placement.read_records(tmp_path / "run" / "records")
+    for task, placed in records.placements().items():
+        devices = [(r.host, r.devices) for r in placed.records]
+        assert len(devices) == 4 and len(set(devices)) == 4 and all(len(d) == 1 for _, d in devices), (task, devices)

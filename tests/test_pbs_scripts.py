@@ -32,7 +32,8 @@ def _job_script(provider, tmp_path: Path, command: str = "process_worker_pool.py
 
 
 def test_mpi_mode_block_is_whole_nodes_scattered_not_rerunnable_with_the_site_lines(tmp_path):
-    cfg = configs.config("htex-mpiexec", site=POLARIS, nodes_per_block=2, walltime="01:00:00", worker_init="module load x")
+    cfg = configs.config("htex-mpiexec", site=POLARIS, nodes_per_block=2, walltime="01:00:00",
+                         worker_init="module load x")
     ex = cfg.executors[0]
     assert ex.fluxmpi_launcher == "mpiexec-pals" and ex.mpi_launcher == "mpiexec"
     script = _job_script(ex.provider, tmp_path)
@@ -79,7 +80,7 @@ def test_rank_lines_for_a_task_on_each_mpiexec(tmp_path):
 
 
 def test_paths_that_need_slurm_are_refused_on_a_pbs_site_before_anything_is_submitted():
-    for path in ("htex", "static", "flux", "flux-jobs", "plain"):
+    for path in ("htex", "static", "flux", "plain"):
         with pytest.raises(SpecError, match=f"path '{path}' runs on Slurm only.*htex-mpiexec"):
             configs.config(path, site=POLARIS)
     odd = Site(name="pbs:q", partition="q", nodes=2, cores_per_node=2, scheduler="pbs", mpiexec="aprun")
@@ -119,3 +120,21 @@ def test_pbs_job_states_get_the_watch_s_names_and_keep_pbs_s_letter(job, state):
     assert got == state
     assert reason.startswith(f"PBS state {job['job_state']}: Job run at")
     assert (got in pbs.ACTIVE_STATES) == (job["job_state"] in "QHRE")
+
+
+def test_flux_inside_a_pbs_block_starts_one_broker_per_node_with_the_site_s_mpiexec(tmp_path):
+    from fluxmpi.launch.flux.block import block_command
+    info = str(tmp_path / "block-0" / "instance.json")
+    mpich = block_command(info, "flux", 2, 4, 600, python="python3", gpus_per_node=4, brokers_by="mpiexec-mpich")
+    steps = mpich.split(" && ")
+    assert steps[0] == f'sort -u "$PBS_NODEFILE" > {tmp_path}/block-0/hosts'
+    assert f'hosts = "%s"' in steps[1] and f'"$(paste -sd, {tmp_path}/block-0/hosts)"' in steps[1]
+    assert steps[2].startswith(f"mpiexec.mpich -n 2 -ppn 1 -bind-to none -disable-auto-cleanup -f {tmp_path}/block-0/"
+                               f"hosts flux start -c {tmp_path}/block-0/resource.toml python3 -m "
+                               "fluxmpi.launch.flux.block"), steps[2]
+    # Polaris: `mpiexec -n NODES --ppn 1 flux start` (PALS), no resource file without GPUs.
+    pals = block_command(info, "flux", 3, 64, 600, python="python3", link_timeout=30, brokers_by="mpiexec-pals")
+    assert pals.split(" && ")[1].startswith(f"mpiexec -n 3 --ppn 1 --cpu-bind none --hostfile {tmp_path}/block-0/hosts "
+                                            "flux start -Stbon.tcp_user_timeout=30s python3 -m")
+    # On Slurm the line is srun's, as before.
+    assert block_command(info, "flux", 2, 4, 600, python="python3").startswith("srun --mpi=pmi2 --nodes=2")

@@ -23,8 +23,9 @@ from .blocks import BlockShape
 
 logger = logging.getLogger(__name__)
 
-# The paths a PBS site runs: the MPI-mode HTEX with mpiexec, and one worker per GPU (or node) over mpiexec.
-PBS_PATHS = ("htex-mpiexec", "htex-gpus")
+# The paths a PBS site runs: the MPI-mode HTEX with mpiexec, one worker per GPU over mpiexec, and Flux inside the
+# PBS job (its brokers started by mpiexec).
+PBS_PATHS = ("htex-mpiexec", "htex-gpus", "flux-jobs")
 # What `@fluxmpi.mpi_app` tasks start their ranks with on a PBS site, by Site.mpiexec (fluxmpi.launchers).
 RANK_LAUNCHERS = {"pals": "mpiexec-pals", "mpich": "mpiexec-mpich", "openmpi": "mpiexec-openmpi"}
 # Parsl's MpiExecLauncher writes `mpiexec BIND none OVERRIDES -n WORKERS --hostfile NODES ...`: the binding flag and

@@ -37,26 +37,39 @@ def job_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def block_command(info_file: str, flux: str, nodes: int, cores_per_node: int, walltime: int,
-                  python: str | None = None, link_timeout: int | None = None, gpus_per_node: int = 0) -> str:
-    """The shell command a Slurm block runs (after its worker_init): brokers on every node as the Flux path
-    starts them (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first.
+                  python: str | None = None, link_timeout: int | None = None, gpus_per_node: int = 0,
+                  brokers_by: str = "srun") -> str:
+    """The shell command a block runs (after its worker_init): brokers on every node as the Flux path starts them
+    (fluxmpi.launch.flux.broker_step: whole nodes, survives a lost node), this program on the first.
 
+    brokers_by: "srun" on a Slurm block; on a PBS block the site's mpiexec (a name of fluxmpi.launchers), over the
+    hosts of $PBS_NODEFILE, written next to info_file.
     gpus_per_node: the instance is told its nodes' cores and GPUs by a resource configuration the block writes
-    for the nodes Slurm gave it, next to info_file: Flux's own discovery (hwloc) finds no GPU that a driver does
-    not show, and would drain a node whose GPUs it cannot see."""
-    from .executor import (
-        broker_step,  # here, not at the top: the block program itself imports only the stdlib
+    for the nodes the batch system gave it, next to info_file: Flux's own discovery (hwloc) finds no GPU that a
+    driver does not show, and would drain a node whose GPUs it cannot see."""
+    from .executor import (  # here, not at the top: the block program itself imports only the stdlib
+        broker_step,
+        mpiexec_broker_step,
     )
     program = [python or sys.executable, "-m", "fluxmpi.launch.flux.block", info_file, flux, str(int(walltime))]
-    brokers = broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
-    if not gpus_per_node:
-        return " ".join(shlex.quote(a) for a in brokers + program)
-    conf = os.path.join(os.path.dirname(info_file), "resource.toml")
-    write = (f"printf '[resource]\\nnoverify = true\\n[[resource.config]]\\nhosts = \"%s\"\\ncores = \"0-{cores_per_node - 1}\"\\n"
-             f"gpus = \"0-{gpus_per_node - 1}\"\\n' \"$SLURM_JOB_NODELIST\" > {shlex.quote(conf)}")
-    start = brokers.index("start") + 1
-    brokers[start:start] = ["-c", conf]
-    return write + " && " + " ".join(shlex.quote(a) for a in brokers + program)
+    here = os.path.dirname(info_file)
+    steps = []
+    if brokers_by == "srun":
+        brokers = broker_step(flux, nodes, cores_per_node, link_timeout=link_timeout)
+        hosts = '"$SLURM_JOB_NODELIST"'
+    else:
+        hostfile = os.path.join(here, "hosts")
+        steps.append(f"sort -u \"$PBS_NODEFILE\" > {shlex.quote(hostfile)}")
+        brokers = mpiexec_broker_step(flux, nodes, brokers_by, hostfile, link_timeout=link_timeout)
+        hosts = f'"$(paste -sd, {shlex.quote(hostfile)})"'
+    if gpus_per_node:
+        conf = os.path.join(here, "resource.toml")
+        steps.append(f"printf '[resource]\\nnoverify = true\\n[[resource.config]]\\nhosts = \"%s\"\\n"
+                     f"cores = \"0-{cores_per_node - 1}\"\\ngpus = \"0-{gpus_per_node - 1}\"\\n' {hosts} "
+                     f"> {shlex.quote(conf)}")
+        start = brokers.index("start") + 1
+        brokers[start:start] = ["-c", conf]
+    return " && ".join([*steps, " ".join(shlex.quote(a) for a in brokers + program)])
 
 
 def remote_uri(flux: str, local_uri: str, timeout: float = URI_TIMEOUT) -> str:

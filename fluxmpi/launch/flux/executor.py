@@ -158,6 +158,28 @@ def broker_step(flux: str, nodes: int, cores_per_node: int, broker_pmi: str = BR
     return srun + [flux, "start"] + ([f"-Stbon.tcp_user_timeout={link_timeout}s"] if link_timeout else [])
 
 
+# On a PBS block the brokers start with the site's mpiexec, one per node of $PBS_NODEFILE (`mpiexec -n N --ppn 1
+# flux start`, as Flux is started inside PBS jobs): each mpiexec's words for "one per node, unbound" and for
+# "keep the others when one exits" (hydra kills every process once one fails, unless told not to).
+_MPIEXEC_BROKERS = {
+    "mpiexec-mpich": ["-ppn", "1", "-bind-to", "none", "-disable-auto-cleanup", "-f"],
+    "mpiexec-pals": ["--ppn", "1", "--cpu-bind", "none", "--hostfile"],
+    "mpiexec-openmpi": ["--map-by", "ppr:1:node", "--bind-to", "none", "--hostfile"],
+}
+
+
+def mpiexec_broker_step(flux: str, nodes: int, mpiexec: str, hostfile: str,
+                        link_timeout: int | None = None) -> list[str]:
+    """`mpiexec -n N <one per node> <hostfile> flux start [options]`: the brokers of a PBS block (mpiexec: a name of
+    fluxmpi.launchers, the site's). Flux's broker bootstraps from the PMI the mpiexec offers (hydra's and PALS'
+    PMI-1; Open MPI's PMIx needs flux-core built with it)."""
+    if mpiexec not in _MPIEXEC_BROKERS:
+        raise SpecError(f"the Flux brokers cannot start with {mpiexec!r}: use one of {', '.join(_MPIEXEC_BROKERS)}")
+    program = "mpiexec.mpich" if mpiexec == "mpiexec-mpich" else "mpiexec"
+    return ([program, "-n", str(nodes), *_MPIEXEC_BROKERS[mpiexec], hostfile, flux, "start"]
+            + ([f"-Stbon.tcp_user_timeout={link_timeout}s"] if link_timeout else []))
+
+
 def flux_instance_gone(error: str | None) -> bool:
     """Whether a task failed because FluxExecutor lost its connection to the block's Flux instance."""
     return bool(error) and any(words in error for words in _INSTANCE_GONE)

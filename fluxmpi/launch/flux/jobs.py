@@ -53,7 +53,9 @@ from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.utils import RepresentationMixin
 
+from ... import pbs as pbs_client
 from ... import slurm as slurm_client
+from ...schedulers import ERRORS
 from ...errors import FluxmpiError
 from ...logs import log_into
 from ...site import Site
@@ -181,8 +183,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                  walltime: int = 1800, uri_timeout: float = URI_TIMEOUT, python: str | None = None,
                  link_timeout: int | None = None, block_error_handler: bool | Callable = True,
                  max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER,
-                 admission: str = "largest-first"):
+                 admission: str = "largest-first", brokers_by: str = "srun"):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
+        self.brokers_by = brokers_by            # "srun", or a PBS site's mpiexec (fluxmpi.launch.flux.block)
+        self._batch = slurm_client if brokers_by == "srun" else pbs_client
         self.admission = check_policy(admission)
         self.label = label
         self.nodes_per_block, self.cores_per_node, self.gpus_per_node = nodes_per_block, cores_per_node, gpus_per_node
@@ -230,7 +234,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             pass
         nodes = self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block
         return block_command(info, self.flux_path, nodes, self.cores_per_node, self.walltime,
-                             python=self.python, link_timeout=self.link_timeout, gpus_per_node=self.gpus_per_node)
+                             python=self.python, link_timeout=self.link_timeout, gpus_per_node=self.gpus_per_node,
+                             brokers_by=self.brokers_by)
 
     def start(self) -> None:
         log_into(self.run_dir)
@@ -261,9 +266,9 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             s = status[b.block_id]
             why = f"block {b.block_id}: {s.state.name} {s.message or ''}".strip()
             # Parsl's state says COMPLETED for a block that hit its walltime; Slurm's says why (TimeLimit, ...).
-            slurm = _job_state(b.job_id) if b.job_id else None
-            if slurm:
-                why += f"; Slurm job {b.job_id}: {slurm['state']} ({slurm['reason']})"
+            batch = _job_state(b.job_id, self._batch) if b.job_id else None
+            if batch:
+                why += f"; {self._batch.BATCH_SYSTEM} job {b.job_id}: {batch['state']} ({batch['reason']})"
             self._block_over(b, f"its block ended ({why})")
 
     def scale_out_facade(self, n: int) -> list[str]:
@@ -299,7 +304,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 self._give_up(f"the Flux block could not be submitted: {reason or 'no block was started'}")
                 return
             b = self._block = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]))
-        logger.info("%s: block %s (Slurm job %s, %d nodes%s) submitted: %s", self.label, b.block_id, b.job_id, nodes,
+        logger.info("%s: block %s (%s job %s, %d nodes%s) submitted: %s", self.label, b.block_id,
+                    self._batch.BATCH_SYSTEM, b.job_id, nodes,
                     f", leaving out {', '.join(leave_out)}" if leave_out else "", why)
         threading.Thread(target=self._connect, args=(b,), daemon=True, name=f"{self.label}-connect").start()
 
@@ -313,7 +319,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             b.instance, b.client = instance, client
             b.ends = instance.get("ends")
-        logger.info("%s: connected to the Flux instance of Slurm job %s at %s (%s left)", self.label, b.job_id,
+        logger.info("%s: connected to the Flux instance of %s job %s at %s (%s left)", self.label,
+                    self._batch.BATCH_SYSTEM, b.job_id,
                     instance["uri"], "?" if b.ends is None else f"{b.time_left():.0f}s")
         self._dispatch()
 
@@ -339,27 +346,29 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         """The block's instance.json, once it exists; an error naming the job and its log if it does not come."""
         deadline = time.monotonic() + self.uri_timeout
         next_look = time.monotonic() + BLOCK_LOOK_PERIOD
+        job = f"{self._batch.BATCH_SYSTEM} job {job_id}"
         while time.monotonic() < deadline and not self._stopped.is_set():
             if until_ended is not None and until_ended.ended:
-                raise FluxJobsBlockError(f"Slurm job {job_id} ended before its instance was published")
+                raise FluxJobsBlockError(f"{job} ended before its instance was published")
             if os.path.exists(info_file):
                 with open(info_file) as f:
                     return json.load(f)
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + BLOCK_LOOK_PERIOD
-                state = _job_state(job_id)
+                state = _job_state(job_id, self._batch)
                 if until_ended is not None and state.get("state") == "PENDING":
                     self._replace_if_outgrown(until_ended)
                 if state.get("state") not in (None, "PENDING", "CONFIGURING", "RUNNING"):
                     raise FluxJobsBlockError(
-                        f"Slurm job {job_id} (the Flux block) is {state['state']} ({state.get('reason')}) and never "
+                        f"{job} (the Flux block) is {state['state']} ({state.get('reason')}) and never "
                         f"published its instance in {info_file}: see its log {self._block_log(job_id)}")
             time.sleep(0.1)
         if self._stopped.is_set():
             raise FluxJobsBlockError("the executor shut down while waiting for its Flux instance")
+        ask = "squeue -j" if self._batch is slurm_client else "qstat -f"
         raise FluxJobsBlockError(
-            f"the Flux instance of Slurm job {job_id} did not publish its URI in {info_file} within "
-            f"{self.uri_timeout:.0f}s (still queued? `squeue -j {job_id}`); see its log {self._block_log(job_id)}")
+            f"the Flux instance of {job} did not publish its URI in {info_file} within {self.uri_timeout:.0f}s "
+            f"(still queued? `{ask} {job_id}`); see its log {self._block_log(job_id)}")
 
     def _replace_if_outgrown(self, b: _Block) -> None:
         """A block still pending that asks for more nodes than are up now (one went down after it was
@@ -368,8 +377,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         shape = self._usable_shape()
         if 1 <= shape.nodes < b.nodes:
             b.reshaped = True
-            raise FluxJobsBlockError(f"Slurm job {b.job_id} pends for {b.nodes} nodes but only {shape.nodes} are up "
-                                     f"({shape.why}); the next block asks for {shape.nodes}")
+            raise FluxJobsBlockError(f"{self._batch.BATCH_SYSTEM} job {b.job_id} pends for {b.nodes} nodes but only "
+                                     f"{shape.nodes} are up ({shape.why}); the next block asks for {shape.nodes}")
 
     def _block_log(self, job_id: str | None) -> str:
         info = (getattr(self.provider, "resources", {}) or {}).get(job_id) or {}
@@ -388,7 +397,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
             failed_in_a_row = self._failed_in_a_row
             work_left = bool(self._waiting) or self.outstanding > len(b.sent)
-        logger.warning("%s: block %s (Slurm job %s) is over: %s", self.label, b.block_id, b.job_id, why)
+        logger.warning("%s: block %s (%s job %s) is over: %s", self.label, b.block_id,
+                       self._batch.BATCH_SYSTEM, b.job_id, why)
         if b.client is not None:
             threading.Thread(target=b.client.close, daemon=True).start()
         if b.job_id and self.provider is not None and not self._stopped.is_set():
@@ -405,7 +415,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         try:
             self.provider.cancel([job_id])
         except Exception as err:  # noqa: BLE001 - the block ends at its walltime anyway
-            logger.warning("%s: cancelling Slurm job %s failed: %s", self.label, job_id, err)
+            logger.warning("%s: cancelling %s job %s failed: %s", self.label, self._batch.BATCH_SYSTEM, job_id, err)
 
     def _give_up(self, why: str) -> None:
         err = FluxJobsBlockError(f"the flux-jobs executor {self.label} starts no more blocks: {why}")
@@ -513,12 +523,12 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _instance_lost(self, b: _Block, why: str, connection_lost: bool) -> str:
         """What a task still out is told once its block's instance is gone."""
         if not connection_lost:
-            return (f"its block (Slurm job {b.job_id}) ended before the task did ({why}); the task's run there is "
-                    f"lost")
+            return (f"its block ({self._batch.BATCH_SYSTEM} job {b.job_id}) ended before the task did ({why}); "
+                    f"the task's run there is lost")
         info = b.instance or {}
         return (f"the Flux instance stopped answering: the connection to its leader broker on the first node "
-                f"{info.get('host', '?')} of Slurm job {b.job_id} was lost ({why}); that node died or cannot be "
-                f"reached, and the task's run there is lost")
+                f"{info.get('host', '?')} of {self._batch.BATCH_SYSTEM} job {b.job_id} was lost ({why}); that node "
+                f"died or cannot be reached, and the task's run there is lost")
 
     def _ended(self, b: _Block, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
         with self._lock:
@@ -581,12 +591,13 @@ def check_walltime(req: JobRequest, usable: int) -> None:
             f"shorter one")
 
 
-def _job_state(job_id: str) -> dict:
-    """The block's Slurm state, reason and nodes; {} when squeue does not answer (asked again later)."""
+def _job_state(job_id: str, client=slurm_client) -> dict:
+    """The block's state, reason and nodes from its batch system (`client`, fluxmpi.schedulers); {} when squeue
+    (qstat) does not answer (asked again later)."""
     try:
-        return slurm_client.job_states([job_id]).get(job_id, {})
-    except slurm_client.SlurmError as err:
-        logger.info("squeue about the Flux block %s: %s", job_id, err)
+        return client.job_states([job_id]).get(job_id, {})
+    except ERRORS as err:
+        logger.info("the batch system about the Flux block %s: %s", job_id, err)
         return {}
 
 
@@ -609,8 +620,16 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
     client_env = flux_client_env(site, install)
     if apply_env:
         os.environ.update(client_env)
+    if site.scheduler == "pbs":       # Flux inside a PBS job: brokers by the site's mpiexec over $PBS_NODEFILE
+        from ..pbs_blocks import check_pbs_path, pbs_provider, rank_launcher
+        check_pbs_path(site, "flux-jobs")
+        provider, brokers_by = pbs_provider(site, shape, worker_init, status_period=status_period), rank_launcher(site)
+    else:
+        provider = slurm_provider(site, shape, worker_init, status_period=status_period,
+                                  sbatch_options=(SURVIVE_NODE_LOSS,))
+        brokers_by = "srun"
     executor = FluxJobsExecutor(
-        slurm_provider(site, shape, worker_init, status_period=status_period, sbatch_options=(SURVIVE_NODE_LOSS,)),
+        provider, brokers_by=brokers_by,
         label=label, nodes_per_block=shape.nodes_per_block, cores_per_node=site.cores_per_node,
         gpus_per_node=site.gpus_per_node, flux_path=install.flux,
         working_dir=str(Path(run_dir).resolve() / label), walltime=shape.walltime, uri_timeout=uri_timeout,
