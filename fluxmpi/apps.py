@@ -269,6 +269,13 @@ def run_flux_rank(spec, app_argv: list[str], task: str, timeout: float | None = 
     limit = min(limits) if limits else None
     output = output or TaskOutput()
     pmi_fd = os.environ.get("PMI_FD", "")
+    if spec.gpus_per_rank:      # Flux showed this rank all of the job's GPUs on the node: keep its own
+        from fluxmpi.launchers.flux import rank_visible_gpus
+        env = dict(os.environ if env is None else env)
+        own = rank_visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("FLUX_TASK_LOCAL_ID", "0")),
+                                spec.gpus_per_rank)
+        if own is not None:
+            env["CUDA_VISIBLE_DEVICES"] = own
     t_launch = time.time()
     # Same process group as this rank, so a Flux job kill reaches the app too.
     with output:

@@ -6,6 +6,7 @@ Where flux-core would be needed and may be absent, a MOCK `flux` command (a shel
 """
 
 import os
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -247,6 +248,20 @@ def test_broker_launch_command_publishes_the_instance_before_parsls_manager():
                            "--then /py /m.py tcp 10.77.9.1 5555")
     with pytest.raises(FluxSetupError, match=r"'/runs/my run/i.json' must not hold spaces"):
         broker_launch_cmd(INSTALL, 3, 2, "10.77.9.1", publish_to="/runs/my run/i.json")
+
+
+def test_broker_launch_command_tells_the_instance_its_gpus(tmp_path):
+    """With GPUs the block first writes Flux's resource configuration for the nodes Slurm gave it; run here by sh
+    with a node list, it is the TOML Flux reads (cores and GPUs per node)."""
+    cmd = broker_launch_cmd(INSTALL, 2, 4, "10.77.9.1", publish_to=f"{tmp_path}/instance.json", gpus_per_node=4)
+    write, brokers = cmd.split(" && ", 1)
+    assert f" start -c {tmp_path}/resource.toml " in brokers
+    subprocess.run(["sh", "-c", write], env={"SLURM_JOB_NODELIST": "fxg[1-2]", "PATH": "/usr/bin:/bin"}, check=True,
+                   timeout=10)
+    assert (tmp_path / "resource.toml").read_text() == ('[resource]\nnoverify = true\n[[resource.config]]\n'
+                                                        'hosts = "fxg[1-2]"\ncores = "0-3"\ngpus = "0-3"\n')
+    with pytest.raises(FluxSetupError, match="needs publish_to"):
+        broker_launch_cmd(INSTALL, 2, 4, "10.77.9.1", gpus_per_node=4)
 
 
 def test_client_env_needs_an_executable_ssh(tmp_path):

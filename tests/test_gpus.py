@@ -81,11 +81,22 @@ def _one_device_per_rank(result, tmp_path, ranks_per_node=2):
     return a, b
 
 
+@pytest.mark.parametrize("visible, local, g, own", [("0,1", 0, 1, "0"), ("0,1", 1, 1, "1"), ("2,3,0,1", 1, 2, "0,1"),
+                                                     ("3", 0, 1, None), ("0,1", 2, 1, None), ("", 0, 1, None),
+                                                     ("-1", 0, 1, None), ("0,1", 0, 0, None)])
+def test_a_flux_path_rank_keeps_its_own_share_of_the_gpus_flux_showed_it(visible, local, g, own):
+    """FluxExecutor's jobs carry no shell options, so Flux shows every rank all of the job's GPUs on its node."""
+    from fluxmpi.launchers.flux import rank_visible_gpus
+    assert rank_visible_gpus(visible, local, g) == own
+
+
 @CLUSTER
-@pytest.mark.parametrize("path", ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux)])
+@pytest.mark.parametrize("path", ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux),
+                                  pytest.param("flux", marks=pytest.mark.flux)])
 def test_two_concurrent_gpu_tasks_get_one_device_per_rank(gpu_site, tmp_path, path):
     """srun --gpus-per-task on htex; on flux-jobs the instance is configured with the nodes' GPUs and each
-    rank mapped to its own (an exclusive job holds all 4 of a node's GPUs)."""
+    rank mapped to its own (an exclusive job holds all 4 of a node's GPUs); on flux (Parsl's FluxExecutor) the
+    same instance configuration, and each rank keeps its share of the job's GPUs on its node."""
     spec = MPITaskSpec(nodes=2, ranks_per_node=2, gpus_per_rank=1)
     result = run_tasks(path, gpu_site, [spec, spec], workdir=tmp_path, nodes_per_block=4, run_timeout=300,
                        commands=[MPICommand(("sleep", "2"))] * 2)

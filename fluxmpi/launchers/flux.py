@@ -36,6 +36,18 @@ def gpu_affinity(spec) -> str:
     return "map:" + ";".join(f"{i * g}-{i * g + g - 1}" if g > 1 else str(i) for i in range(spec.ranks_per_node))
 
 
+def rank_visible_gpus(visible: str | None, local_rank: int, gpus_per_rank: int) -> str | None:
+    """The GPUs one rank should see from the ids Flux's job shell showed it (CUDA_VISIBLE_DEVICES).
+
+    Jobs Parsl's FluxExecutor submits carry no shell options, so Flux's default affinity shows every rank all of
+    the job's GPUs on its node; rank `local_rank` of the node takes its own `gpus_per_rank` of them, in order.
+    None when there is nothing to narrow (no ids, or no more than the rank's share)."""
+    ids = [i for i in (visible or "").split(",") if i.strip() and not i.strip().startswith("-")]
+    if not gpus_per_rank or len(ids) <= gpus_per_rank or len(ids) < (local_rank + 1) * gpus_per_rank:
+        return None
+    return ",".join(ids[local_rank * gpus_per_rank:(local_rank + 1) * gpus_per_rank])
+
+
 def flux_jobspec(spec, command: Sequence[str] | None = None) -> dict[str, Any]:
     """A Flux jobspec v1 (RFC 25) dict: N nodes, each with RPN slots of C cores (+G GPUs).
 

@@ -123,7 +123,7 @@ def callback_address(site: Site, hostname: str | None = None) -> str:
 
 def broker_launch_cmd(install: FluxInstall, nodes: int, cores_per_node: int, address: str,
                       broker_pmi: str = BROKER_PMI, link_timeout: int | None = None,
-                      publish_to: str | None = None) -> str:
+                      publish_to: str | None = None, gpus_per_node: int = 0) -> str:
     """FluxExecutor's launch_cmd: one broker per node of the block, the instance manager as its program.
 
     Parsl fills {flux} {python} {manager} {protocol} {port} (str.format); the address is fixed here.
@@ -132,18 +132,29 @@ def broker_launch_cmd(install: FluxInstall, nodes: int, cores_per_node: int, add
     running when one node fails. link_timeout: seconds a broker's peer may leave data unacknowledged before
     it is dropped (tbon.tcp_user_timeout; None: Flux's default, 20 s in flux-core 0.88). publish_to: a file the
     instance's remote URI is written to before the manager starts (fluxmpi.launch.flux.block), so this process
-    can drain a lost node in the instance (FluxMPIExecutor).
+    can drain a lost node in the instance (FluxMPIExecutor). gpus_per_node: the instance is told its nodes' cores
+    and GPUs by a resource configuration written next to publish_to, as on the flux-jobs path (block_command).
     """
     if not address or any(c in address for c in "{} \t\n'\""):
         raise FluxSetupError(f"callback address {address!r} is not a host name or IP address")
     brokers = broker_step("{flux}", nodes, cores_per_node, broker_pmi, link_timeout)
     manager = "{python} {manager} {protocol} " + address + " {port}"
     if publish_to is None:
+        if gpus_per_node:
+            raise FluxSetupError("a block with GPUs needs publish_to: its resource configuration goes beside it")
         return " ".join(brokers) + " " + manager
     if any(c in publish_to for c in "{} \t\n'\"\\$`"):
         raise FluxSetupError(f"the run directory {publish_to!r} must not hold spaces, quotes, braces or $: "
                              f"it becomes part of the block's shell command; choose another run_dir")
-    return " ".join(brokers) + f" {{python}} -m fluxmpi.launch.flux.block {publish_to} {{flux}} --then " + manager
+    write = ""
+    if gpus_per_node:
+        conf = os.path.join(os.path.dirname(publish_to), "resource.toml")
+        write = (f"printf '[resource]\\nnoverify = true\\n[[resource.config]]\\nhosts = \"%s\"\\n"
+                 f"cores = \"0-{cores_per_node - 1}\"\\ngpus = \"0-{gpus_per_node - 1}\"\\n' \"$SLURM_JOB_NODELIST\" "
+                 f"> {conf} && ")
+        brokers[brokers.index("start") + 1:brokers.index("start") + 1] = ["-c", conf]
+    return (write + " ".join(brokers)
+            + f" {{python}} -m fluxmpi.launch.flux.block {publish_to} {{flux}} --then " + manager)
 
 
 def broker_step(flux: str, nodes: int, cores_per_node: int, broker_pmi: str = BROKER_PMI,
@@ -349,7 +360,8 @@ def flux_config(site: Site, *, nodes_per_block: int | None = None, walltime: int
     working_dir = os.path.join(os.path.abspath(run_dir), label)
     instance_file = os.path.join(working_dir, "instance.json")
     launch_cmd = broker_launch_cmd(install, shape.nodes_per_block, site.cores_per_node, callback_address(site),
-                                   broker_pmi, link_timeout=res.heartbeat_threshold, publish_to=instance_file)
+                                   broker_pmi, link_timeout=res.heartbeat_threshold, publish_to=instance_file,
+                                   gpus_per_node=site.gpus_per_node)
     if apply_env:
         os.environ.update(client_env)
     executor = FluxMPIExecutor(
