@@ -47,10 +47,14 @@ class MPITaskFailed(FluxmpiError, RuntimeError):
 
 
 def task_nodes(env: dict | None = None) -> list[str]:
-    """The nodes this task may use: those MPIExecutor handed it, else every node of the block."""
+    """The nodes this task may use: those MPIExecutor handed it, else every node of the block (Slurm's or PBS's
+    list of it)."""
     env = os.environ if env is None else env
     if env.get("PARSL_MPI_NODELIST"):
         return env["PARSL_MPI_NODELIST"].split(",")
+    if env.get("PBS_NODEFILE"):
+        from fluxmpi.launchers.pals import read_nodefile
+        return read_nodefile(env["PBS_NODEFILE"])
     if env.get("SLURM_JOB_NODELIST"):
         out = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
                              capture_output=True, text=True, timeout=30, check=True).stdout

@@ -80,12 +80,23 @@ def test_rank_lines_for_a_task_on_each_mpiexec(tmp_path):
 
 
 def test_paths_that_need_slurm_are_refused_on_a_pbs_site_before_anything_is_submitted():
-    for path in ("htex", "static", "flux", "plain"):
+    for path in ("htex", "flux", "plain"):
         with pytest.raises(SpecError, match=f"path '{path}' runs on Slurm only.*htex-mpiexec"):
             configs.config(path, site=POLARIS)
     odd = Site(name="pbs:q", partition="q", nodes=2, cores_per_node=2, scheduler="pbs", mpiexec="aprun")
     with pytest.raises(SpecError, match="mpiexec='aprun' is not known"):
         configs.config("htex-mpiexec", site=odd)
+
+
+def test_static_blocks_on_pbs_run_each_task_over_the_block_by_the_site_s_mpiexec(tmp_path):
+    from fluxmpi.apps import task_nodes
+    ex = configs.config("static", site=POLARIS, nodes_per_block=2).executors[0]
+    assert ex.fluxmpi_launcher == "mpiexec-pals" and ex.provider.nodes_per_block == 2
+    assert "#PBS -l select=2:ncpus=64:ngpus=4" in _job_script(ex.provider, tmp_path).splitlines()
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x1\nx1\nx2\n")
+    assert task_nodes({"PBS_NODEFILE": str(nodefile)}) == ["x1", "x2"]
+    assert task_nodes({"PBS_NODEFILE": str(nodefile), "PARSL_MPI_NODELIST": "x2"}) == ["x2"]
 
 
 def test_the_slurm_blocks_carry_the_site_s_batch_options_too(tmp_path):
@@ -128,7 +139,7 @@ def test_flux_inside_a_pbs_block_starts_one_broker_per_node_with_the_site_s_mpie
     mpich = block_command(info, "flux", 2, 4, 600, python="python3", gpus_per_node=4, brokers_by="mpiexec-mpich")
     steps = mpich.split(" && ")
     assert steps[0] == f'sort -u "$PBS_NODEFILE" > {tmp_path}/block-0/hosts'
-    assert f'hosts = "%s"' in steps[1] and f'"$(paste -sd, {tmp_path}/block-0/hosts)"' in steps[1]
+    assert 'hosts = "%s"' in steps[1] and f'"$(paste -sd, {tmp_path}/block-0/hosts)"' in steps[1]
     assert steps[2].startswith(f"mpiexec.mpich -n 2 -ppn 1 -bind-to none -disable-auto-cleanup -f {tmp_path}/block-0/"
                                f"hosts flux start -c {tmp_path}/block-0/resource.toml python3 -m "
                                "fluxmpi.launch.flux.block"), steps[2]

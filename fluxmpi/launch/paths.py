@@ -55,8 +55,8 @@ class LaunchPath:
 
     def launcher_on(self, site: Site) -> str:
         """How ranks start on `site`: the path's own launcher, or on a PBS site the site's mpiexec where the path's
-        is an mpiexec (Flux starts the ranks itself on every batch system)."""
-        if site.scheduler == "pbs" and self.launcher.startswith("mpiexec"):
+        is srun or an mpiexec (Flux starts the ranks itself on every batch system)."""
+        if site.scheduler == "pbs" and (self.launcher == "srun" or self.launcher.startswith("mpiexec")):
             from .pbs_blocks import rank_launcher
             return rank_launcher(site)
         return self.launcher

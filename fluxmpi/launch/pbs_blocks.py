@@ -23,9 +23,9 @@ from .blocks import BlockShape
 
 logger = logging.getLogger(__name__)
 
-# The paths a PBS site runs: the MPI-mode HTEX with mpiexec, one worker per GPU over mpiexec, and Flux inside the
-# PBS job (its brokers started by mpiexec).
-PBS_PATHS = ("htex-mpiexec", "htex-gpus", "flux-jobs")
+# The paths a PBS site runs: the MPI-mode HTEX with mpiexec, static blocks (a task over each whole block, by
+# mpiexec), one worker per GPU over mpiexec, and Flux inside the PBS job (its brokers started by mpiexec).
+PBS_PATHS = ("htex-mpiexec", "static", "htex-gpus", "flux-jobs")
 # What `@fluxmpi.mpi_app` tasks start their ranks with on a PBS site, by Site.mpiexec (fluxmpi.launchers).
 RANK_LAUNCHERS = {"pals": "mpiexec-pals", "mpich": "mpiexec-mpich", "openmpi": "mpiexec-openmpi"}
 # Parsl's MpiExecLauncher writes `mpiexec BIND none OVERRIDES -n WORKERS --hostfile NODES ...`: the binding flag and
@@ -37,8 +37,8 @@ _POOL_FLAGS = {"pals": ("--cpu-bind", "--ppn 1"), "mpich": ("-bind-to", "-ppn 1"
 def check_pbs_path(site: Site, path: str) -> None:
     """Refuse, before anything is submitted, a path that does not run on the site's batch system."""
     if site.scheduler == "pbs" and path not in PBS_PATHS:
-        raise SpecError(f"path {path!r} runs on Slurm only; on the PBS site {site.name} use "
-                        f"{' or '.join(PBS_PATHS)} (MPI tasks: htex-mpiexec)")
+        raise SpecError(f"path {path!r} runs on Slurm only; on the PBS site {site.name} use one of "
+                        f"{', '.join(PBS_PATHS)} (for MPI tasks of mixed sizes: htex-mpiexec)")
     if site.scheduler == "pbs" and site.mpiexec not in RANK_LAUNCHERS:
         raise SpecError(f"site {site.name}: mpiexec={site.mpiexec!r} is not known: give one of "
                         f"{', '.join(RANK_LAUNCHERS)} (Site.from_pbs(mpiexec=...))")
