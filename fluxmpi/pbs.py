@@ -170,6 +170,25 @@ def job_start_times(job_ids: list[str], env: dict | None = None) -> dict[str, fl
     return out
 
 
+def job_end_times(job_ids: list[str], env: dict | None = None) -> dict[str, float]:
+    """{job id: when PBS will end it (its start plus its Resource_List.walltime)} for the jobs that have started."""
+    starts = job_start_times(job_ids, env)
+    if not starts:
+        return {}
+    data = _json(["qstat", "-x", "-f", "-F", "json", *starts], env=env, check=False)
+    out = {}
+    for listed, job in (data.get("Jobs") or {}).items():
+        walltime = (job.get("Resource_List") or {}).get("walltime", "")
+        parts = walltime.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            continue
+        seconds = int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
+        for asked, start in starts.items():
+            if _same_job(listed, asked):
+                out[asked] = start + seconds
+    return out
+
+
 def any_unresponsive(hostlist: str, env: dict | None = None) -> bool:
     """Whether PBS marks any node of the comma-separated `hostlist` down or unknown."""
     hosts = expand_hostlist(hostlist)

@@ -184,6 +184,21 @@ def job_start_times(job_ids: list[str], env: dict | None = None) -> dict[str, fl
     return {j: t for j, t in out.items() if j in job_ids}
 
 
+def job_end_times(job_ids: list[str], env: dict | None = None) -> dict[str, float]:
+    """{job id: when Slurm will end it (epoch seconds: its start plus its time limit)} for the running jobs."""
+    if not job_ids:
+        return {}
+    proc = run_slurm(["squeue", "-h", "-j", ",".join(job_ids), "-t", "RUNNING", "-o", "%i|%e"], env=env, check=False)
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, _, end = line.partition("|")
+        try:
+            out[job] = time.mktime(time.strptime(end.strip(), "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:       # N/A or Unknown: no limit known
+            continue
+    return {j: t for j, t in out.items() if j in job_ids}
+
+
 def unusable_nodes(partition: str, env: dict | None = None) -> dict[str, str]:
     """{node: "Slurm lists it STATE (reason)"} of the partition's nodes Slurm will not run jobs on."""
     proc = run_slurm(["sinfo", "-h", "-N", "-p", partition, "-t", UNUSABLE_NODE_STATES, "-o", "%N|%T|%E"], env=env)

@@ -162,3 +162,28 @@ def test_block_paths_submit_their_first_block_within_a_second_of_load(tmp_path):
     for config in (htex_mpi_config(site, run_dir=str(tmp_path)),
                    static_blocks_config(site, nodes_per_block=2, run_dir=str(tmp_path))):
         assert config.strategy == "simple" and config.strategy_period <= 1, config.strategy_period
+
+
+def test_htex_starts_a_task_only_where_its_walltime_fits_and_refuses_one_no_block_can_hold(site, tmp_path):
+    """Walltime-aware admission on HTEX, blocks of 60 s (Slurm's limits are whole minutes). Four 4-node tasks
+    declaring 8 s and sleeping 4 s run one after another and leave the block about 35-40 s; a 4-node task
+    declaring 45 s then does not fit what is left: it is not started there (it would be cut short), the block,
+    now idle, is ended, and the task starts in the next block. A 120 s task fits no block: refused at submit."""
+    from fluxmpi.launch.resilience import Resilience
+    short = MPITaskSpec(nodes=4, ranks_per_node=1, walltime=8)
+    specs = [short] * 4 + [MPITaskSpec(nodes=4, ranks_per_node=1, walltime=45),
+                           MPITaskSpec(nodes=1, ranks_per_node=1, walltime=120)]
+    result = run_tasks("htex", site, specs, app="mpi4py", workdir=tmp_path, sleep=4.0, walltime=60, run_timeout=300,
+                       resilience=Resilience(status_period=3))
+    errors = [t.error for t in result.tasks]
+    print(f"\nblocks: {result.blocks}\nerrors: {errors}")
+    assert errors[:5] == [None] * 5, errors
+    assert "has a walltime of 120s but a block of htex_srun runs for at most 60s" in errors[5], errors[5]
+    assert all(t.attempts == 1 for t in result.tasks[:5]), [(t.task, t.earlier_errors) for t in result.tasks]
+    assert len(result.blocks) == 2, result.blocks          # the long task ran in a second block
+    starts = slurm.job_start_times(list(result.blocks))
+    first, second = sorted(starts.values())
+    long_task = result.tasks[4]
+    assert long_task.admitted >= second - 1, (long_task.admitted, starts)   # not before the fresh block ran
+    assert all(b["state"] != "TIMEOUT" for b in result.blocks.values()), result.blocks
+    assert result.placement_ok, result.placement_report

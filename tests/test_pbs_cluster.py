@@ -46,7 +46,7 @@ def _run(cluster, argv, timeout=300):
 def _qsub(cluster, tmp_path, body: str, select: str = "2:ncpus=1") -> str:
     script = tmp_path / f"job{time.monotonic_ns()}.sh"
     script.write_text(f"#!/bin/bash\n#PBS -l select={select}\n#PBS -l place=scatter\n#PBS -o {script}.out\n"
-                      f"#PBS -j oe\n{body}\n")
+                      f"#PBS -j oe\n#PBS -l walltime=00:05:00\n{body}\n")
     return pbs.qsub(str(script), env=cluster.env())
 
 
@@ -73,7 +73,8 @@ def test_the_client_reads_real_jobs_states_hosts_and_ends(pbs_cluster, tmp_path)
     running = _qsub(pbs_cluster, tmp_path, "sort -u $PBS_NODEFILE; sleep 30")
     info = _wait_state(pbs_cluster, running, {"RUNNING"})
     assert sorted(info["nodes"].split(",")) == pbs_cluster.layout.node_names, info
-    assert running in pbs.job_start_times([running], env=env)
+    started = pbs.job_start_times([running], env=env)[running]
+    assert pbs.job_end_times([running], env=env)[running] == started + 300    # what walltime admission reads
     pbs.qdel([running], env=env)
     assert _wait_state(pbs_cluster, running, {"CANCELLED"})["reason"].startswith("PBS state F")
     ok = _qsub(pbs_cluster, tmp_path, "true", select="1:ncpus=1")

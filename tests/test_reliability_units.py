@@ -201,6 +201,38 @@ def test_a_shrunken_gate_holds_back_larger_tasks_without_refusing_them():
     assert started == ["small"] and gate.free == 2     # 4 free in a 4-node block, 2 still held by "small"
 
 
+def test_a_task_starts_only_while_its_walltime_fits_the_block_s_time_left():
+    from concurrent.futures import Future
+
+    from fluxmpi.launch.gate import NodeGate
+    left = {"s": 30.0}
+    gate, started, inner = NodeGate(4, time_left=lambda: left["s"]), [], {}
+
+    def start(label):
+        def go():
+            started.append(label)
+            inner[label] = Future()
+            return inner[label]
+        return go
+    gate.submit(2, start("long"), label="long", seconds=60)      # 60 s + 2 s to start > 30 s left: waits
+    gate.submit(2, start("short"), label="short", seconds=5)
+    gate.submit(1, start("plain"), label="plain")                 # no walltime: as before
+    assert started == ["short", "plain"] and gate.waiting == 1
+    assert gate.idle_and_outlasted() == []                        # the block still runs tasks
+    inner["short"].set_result(1)
+    inner["plain"].set_result(1)
+    import time
+    for _ in range(50):                                           # the gate admits off the callback thread
+        if gate.free == 4:
+            break
+        time.sleep(0.02)
+    assert started == ["short", "plain"]                          # nodes free, but still too little time
+    assert gate.idle_and_outlasted() == ["long, a walltime of 60s"]
+    left["s"] = None                                              # the block ended; none runs: admitted
+    gate.poke()
+    assert started == ["short", "plain", "long"]
+
+
 def test_run_json_is_rewritten_once_per_period_in_the_background_and_never_after_the_final_one(tmp_path):
     import time
 

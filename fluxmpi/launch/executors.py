@@ -9,7 +9,11 @@ A Parsl user who loads `fluxmpi.config("htex", ...)` and keeps their own apps (a
 - blocks shaped to the nodes that are up (fluxmpi.launch.shaping): after a node is lost, the next block asks
   for the nodes Slurm will still run jobs on instead of pending for the lost one;
 - integral resource specifications: the key a user leaves out is derived exactly (or refused) instead of with
-  `/`, which gave Parsl's prefix `-ppn 4.0` or `--ntasks-per-node 1.333`.
+  `/`, which gave Parsl's prefix `-ppn 4.0` or `--ntasks-per-node 1.333`;
+- walltime-aware admission: a fluxmpi task that declares a walltime starts only while it fits in the time its
+  block has left (the batch system's end time of the running block), else waits for the next block; a block
+  that runs nothing while every waiting task outlasts it is ended so the next comes sooner; a task longer than
+  any block is refused at submit.
 Each executor also says how its ranks start (`fluxmpi_launcher`) and which resource specification a task spec
 becomes on it (`fluxmpi_resources`), which is how one `@fluxmpi.mpi_app` runs unchanged on every path.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -25,12 +30,15 @@ from parsl.executors import HighThroughputExecutor, MPIExecutor
 from parsl.jobs.states import TERMINAL_STATES
 
 from ..logs import log_into
-from ..spec import MPITaskSpec, SpecError
-from .gate import NodeGate, check_policy
+from ..schedulers import ERRORS
+from ..spec import MPITaskSpec, SpecError, parse_walltime
+from .gate import START_SLACK, NodeGate, check_policy
 from .shaping import ShapedBlocks
 
 logger = logging.getLogger(__name__)
 
+# Seconds between asking the batch system when the running block ends (walltime-aware admission).
+ENDS_PERIOD = 3.0
 # The keys of Parsl's MPI resource specification that size a task.
 _SIZE_KEYS = ("num_nodes", "num_ranks", "ranks_per_node")
 
@@ -87,8 +95,14 @@ class GatedMPIExecutor(ShapedBlocks, EarlyBlocks, MPIExecutor):
         self.nodes_per_block = nodes_per_block
         self.admission = check_policy(admission)
         self.fluxmpi_launcher = fluxmpi_launcher
-        self._gate = NodeGate(nodes_per_block, policy=admission)
+        self._gate = NodeGate(nodes_per_block, policy=admission, time_left=self.block_time_left)
         self._submit_lock = threading.Lock()   # the gate submits from its own threads, outside the DFK's lock
+        self._block_ends: dict[str, float] = {}   # job id -> when the batch system ends it (running blocks)
+        self._running_jobs: list[str] = []
+        self._ends_lock = threading.Lock()
+        self._ends_asked = float("-inf")
+        self._ended_for_time: set[str] = set()   # jobs fluxmpi ended because no waiting task fit their time left
+        self._time_stop = threading.Event()
 
     @staticmethod
     def fluxmpi_resources(spec: MPITaskSpec) -> dict:
@@ -99,26 +113,106 @@ class GatedMPIExecutor(ShapedBlocks, EarlyBlocks, MPIExecutor):
         logger.info("%s: node gate over %d nodes per block, admission %s, ranks by %s", self.label,
                     self.nodes_per_block, self.admission, self.fluxmpi_launcher)
         super().start()
+        threading.Thread(target=self._watch_time, name=f"{self.label}-time-left", daemon=True).start()
 
     @property
     def waiting(self) -> int:
         """Tasks held back by the gate (their nodes are not free yet)."""
         return self._gate.waiting
 
+    def outstanding(self) -> int:
+        """Tasks Parsl's strategy counts as work: those the gate holds back too, or a block ended while only held
+        tasks remain (one too short for the next task's walltime) would never be replaced."""
+        return super().outstanding() + self._gate.waiting
+
+    # --- walltime-aware admission ------------------------------------------------------------------------
+    @property
+    def block_walltime(self) -> int | None:
+        return parse_walltime(getattr(self.provider, "walltime", None)) if self.provider is not None else None
+
+    def block_time_left(self) -> float | None:
+        """Seconds the running block has left (the batch system's end time), None when none runs or it is unknown;
+        0 after fluxmpi ended a block for time until the next one runs (its worker pool may still look alive to
+        the interchange, which must not be handed a task meanwhile)."""
+        ends = {j: t for j, t in self._refresh_ends().items() if j not in self._ended_for_time}
+        if ends:
+            return min(ends.values()) - time.time()
+        return 0.0 if self._ended_for_time else None
+
+    def _refresh_ends(self) -> dict[str, float]:
+        """{job id: end time} of the blocks running now, asked of their batch system at most every ENDS_PERIOD s
+        (not only at Parsl's block polls, which may be a minute apart)."""
+        from parsl.providers import PBSProProvider
+
+        from .. import pbs, slurm
+        with self._ends_lock:
+            if time.monotonic() - self._ends_asked < ENDS_PERIOD:
+                return dict(self._block_ends)
+            self._ends_asked = time.monotonic()
+            live = [str(j) for b, j in self.blocks_to_job_id.items()
+                    if b not in self._replaced and not (b in self._status and self._status[b].terminal)]
+            client = pbs if isinstance(self.provider, PBSProProvider) else slurm
+            try:
+                self._block_ends = client.job_end_times(live) if live else {}
+            except ERRORS as err:
+                logger.info("%s: end time of block job(s) %s: %s (asked again later)", self.label, ",".join(live), err)
+            return dict(self._block_ends)
+
+    def _watch_time(self) -> None:
+        """While tasks wait: every ENDS_PERIOD s, start those a fresh block has time for, and end a block that
+        runs nothing while every waiting task outlasts it (Parsl's block polls may be a minute apart)."""
+        while not self._time_stop.wait(ENDS_PERIOD):
+            if not self._gate.waiting:
+                continue
+            try:
+                running = sorted(self._refresh_ends())
+                if any(j not in self._ended_for_time for j in running):
+                    self._ended_for_time.clear()      # a block started since: it has its whole walltime
+                if running != self._running_jobs:
+                    self._running_jobs = running
+                    self._gate.poke()                 # a fresh block: tasks that waited for more time may start
+                self._end_if_outlasted()
+            except Exception as err:  # noqa: BLE001 - one failed look must not end the watch; the next retries
+                logger.warning("%s: checking the blocks' time left failed: %s", self.label, err)
+
+    def _end_if_outlasted(self) -> None:
+        """A running block that runs nothing while every waiting task needs more time than it has left is ended,
+        so the next (a fresh walltime) comes now instead of at this one's end."""
+        outlasting = self._gate.idle_and_outlasted()
+        if not outlasting:
+            return
+        left = self.block_time_left()
+        for block_id, job_id in list(self.blocks_to_job_id.items()):
+            if str(job_id) in self._block_ends and block_id not in self._replaced:
+                self._end_block(block_id, str(job_id), f"it runs nothing and has {left:.0f}s left, less than "
+                                                       f"every waiting task needs ({'; '.join(outlasting[:3])})")
+                self._ended_for_time.add(str(job_id))
+
+    def _check_walltime(self, seconds: float | None, label: str) -> None:
+        block = self.block_walltime
+        if seconds is not None and block is not None and seconds + START_SLACK > block:
+            raise SpecError(f"{label} has a walltime of {seconds:.0f}s but a block of {self.label} runs for at most "
+                            f"{block}s: it could never start. Give the blocks a longer walltime (at least "
+                            f"{int(seconds + START_SLACK) + 1}s) or the task a shorter one")
+
     def submit(self, func: Callable, resource_specification: dict, *args: Any, **kwargs: Any) -> Future:
         rs = complete_resource_spec(resource_specification)
         nodes = int(rs.get("num_nodes", 1))
         label = f"task {getattr(func, '__name__', 'app')} ({nodes} nodes)"
+        spec = _mpi_app_spec(args, kwargs)
+        seconds = spec.walltime if spec is not None else None
+        self._check_walltime(seconds, label)
 
         def start() -> Future:
             with self._submit_lock:
                 return MPIExecutor.submit(self, func, rs, *args, **kwargs)
-        fut = self._gate.submit(nodes, start, label=label)
+        fut = self._gate.submit(nodes, start, label=label, seconds=seconds)
         if not fut.done():
             logger.debug("%s waits for free nodes (%d of %d free)", label, self._gate.free, self.nodes_per_block)
         return fut
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        self._time_stop.set()
         cancelled = self._gate.cancel_waiting()
         if cancelled:
             logger.info("%s: %d task(s) never admitted (shut down first)", self.label, cancelled)

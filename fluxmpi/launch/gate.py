@@ -12,6 +12,11 @@ Which waiting task goes next when nodes free up (the admission policy):
   the lower bound, against 1.01-1.18x in submission order (docs/benchmarks.md).
 - in-order: the earliest submitted task that fits (first-fit in submission order).
 A task that does not fit never blocks one behind it that does, under either policy.
+
+Walltime-aware admission: a task that declares how long it runs (`seconds`, its spec's walltime) is admitted
+only while that fits in the time its block has left (`time_left`, given by the executor from the batch system's
+end time of the running block); one that no longer fits waits for the next block. Tasks without a walltime are
+admitted as before.
 """
 
 from __future__ import annotations
@@ -48,36 +53,50 @@ def pick_next(needs: Sequence[int], free: int, policy: str = "largest-first") ->
     return max(fitting, key=lambda i: (needs[i], -i))
 
 
+# Seconds a task may take from admission to running, counted against its block's time left.
+START_SLACK = 2.0
+
+
 @dataclass
 class _Waiting:
     nodes: int
     start: Callable[[], Future]
     proxy: Future
     label: str
+    seconds: float | None = None      # the task's declared walltime
+
+
+def fits_in(seconds: float | None, left: float | None) -> bool:
+    """Whether a task of `seconds` (None: undeclared) may start in a block with `left` seconds (None: unknown)."""
+    return seconds is None or left is None or seconds + START_SLACK <= left
 
 
 class NodeGate:
     """Admits tasks into `capacity` nodes. `limit` (the configured block size) is what a task may ask for at
     most; `capacity` may be less while a block is shrunken (fluxmpi.launch.shaping): larger tasks then wait."""
 
-    def __init__(self, capacity: int, what: str = "block", policy: str = "largest-first"):
+    def __init__(self, capacity: int, what: str = "block", policy: str = "largest-first",
+                 time_left: Callable[[], float | None] | None = None):
         if capacity < 1:
             raise SpecError(f"gate capacity {capacity} must be at least one node")
         self.capacity, self.what, self.policy = capacity, what, check_policy(policy)
+        self.time_left = time_left        # seconds the block has left, None when unknown (see the module doc)
         self.limit = capacity
         self.free = capacity
         self._queue: deque[_Waiting] = deque()
         self._lock = threading.Lock()
 
-    def submit(self, nodes: int, start: Callable[[], Future], label: str = "task") -> Future:
-        """Queue a task needing `nodes`; `start()` submits it to Parsl when they are free. Returns its future."""
+    def submit(self, nodes: int, start: Callable[[], Future], label: str = "task",
+               seconds: float | None = None) -> Future:
+        """Queue a task needing `nodes` (for `seconds`, if it declares a walltime); `start()` submits it to Parsl
+        when they are free (and its walltime fits the block's time left). Returns its future."""
         if nodes > self.limit:
             raise SpecError(
                 f"{label} asks for {nodes} nodes but the {self.what} has {self.limit}: it could never run. "
                 f"Ask for at most {self.limit} nodes, or give the {self.what} more nodes (--nodes-per-block)")
         proxy: Future = Future()
         with self._lock:
-            self._queue.append(_Waiting(nodes, start, proxy, label))
+            self._queue.append(_Waiting(nodes, start, proxy, label, seconds))
         self._admit()
         return proxy
 
@@ -85,6 +104,19 @@ class NodeGate:
     def waiting(self) -> int:
         with self._lock:
             return len(self._queue)
+
+    def idle_and_outlasted(self) -> list[str]:
+        """Labels of the waiting tasks when nothing runs and none of them fits the block's time left (the block
+        can take none of them: ending it brings a fresh one sooner); [] otherwise."""
+        left = self.time_left() if self.time_left else None
+        with self._lock:
+            if not self._queue or self.free < self.capacity or any(fits_in(w.seconds, left) for w in self._queue):
+                return []
+            return [f"{w.label}, a walltime of {w.seconds:.0f}s" for w in self._queue]
+
+    def poke(self) -> None:
+        """Admit what fits now (after the block's time left changed: a fresh block started)."""
+        self._admit()
 
     def smallest_waiting(self) -> int | None:
         """Nodes of the smallest task not yet admitted, or None when none waits."""
@@ -103,7 +135,12 @@ class NodeGate:
     def _admit(self) -> None:
         ready = []
         with self._lock:
-            while (i := pick_next([w.nodes for w in self._queue], self.free, self.policy)) is not None:
+            timed = any(w.seconds is not None for w in self._queue)
+        left = self.time_left() if self.time_left and timed else None    # asked only when a task declares one
+        with self._lock:
+            # A task whose walltime no longer fits the block's time left is passed over, as one too large.
+            while (i := pick_next([w.nodes if fits_in(w.seconds, left) else self.capacity + 1 for w in self._queue],
+                                  self.free, self.policy)) is not None:
                 item = self._queue[i]
                 del self._queue[i]
                 self.free -= item.nodes

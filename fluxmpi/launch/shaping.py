@@ -127,6 +127,12 @@ class ShapedBlocks:
                                                       f"{shape.nodes}")
 
     def _end_block(self, block_id: str, job_id: str, why: str) -> None:
-        logger.warning("%s: cancelling block %s (Slurm job %s): %s", self.label, block_id, job_id, why)
+        logger.warning("%s: cancelling block %s (job %s): %s", self.label, block_id, job_id, why)
         self._replaced.add(block_id)
+        try:
+            # The interchange would otherwise still hand tasks to the block's worker pool until its heartbeats
+            # stop (seen: a task sent to a pool killed by the cancel, lost 60 s later with the next block).
+            self._hold_block(block_id)
+        except Exception as err:  # noqa: BLE001 - a pool that never connected has nothing to hold
+            logger.info("%s: holding block %s's worker pool: %s", self.label, block_id, err)
         self.provider.cancel([job_id])
