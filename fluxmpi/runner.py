@@ -42,7 +42,7 @@ from .rank_wrapper import wrap
 from .rankfault import RankFault, as_faults, task_fault_options
 from .resume import finished_tasks
 from .rundir import RunDir, write_json
-from .schedulers import ERRORS, client_for
+from .schedulers import ERRORS, client_for, client_of_provider
 from .site import Site
 from .spec import MPITaskSpec, SpecError, parse_walltime
 
@@ -177,11 +177,8 @@ def _cleanup_parsl(dfk, timeout: float = CLEANUP_TIMEOUT, cancelled: list[str] |
 
 def _client_of(dfk):
     """The batch system client (fluxmpi.schedulers) the run's blocks were submitted with."""
-    from parsl.providers import PBSProProvider
-    for ex in dfk.executors.values():
-        if isinstance(getattr(ex, "provider", None), PBSProProvider):
-            return pbs
-    return slurm
+    clients = {client_of_provider(ex.provider) for ex in dfk.executors.values() if getattr(ex, "provider", None)}
+    return pbs if pbs in clients else slurm
 
 
 def _job_ids(dfk) -> list[str]:

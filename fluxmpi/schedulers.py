@@ -19,6 +19,12 @@ CLIENTS: dict[str, ModuleType] = {"slurm": slurm, "pbs": pbs}
 ERRORS = (slurm.SlurmError, pbs.PBSError)
 
 
+def client_of_provider(provider) -> ModuleType:
+    """The client of the batch system a Parsl provider submits to: PBS for PBSProProvider, else Slurm."""
+    from parsl.providers import PBSProProvider
+    return pbs if isinstance(provider, PBSProProvider) else slurm
+
+
 def client_for(scheduler: str) -> ModuleType:
     """fluxmpi.slurm or fluxmpi.pbs."""
     if scheduler not in CLIENTS:

@@ -30,7 +30,7 @@ from parsl.executors import HighThroughputExecutor, MPIExecutor
 from parsl.jobs.states import TERMINAL_STATES
 
 from ..logs import log_into
-from ..schedulers import ERRORS
+from ..schedulers import ERRORS, client_of_provider
 from ..spec import MPITaskSpec, SpecError, parse_walltime
 from .gate import START_SLACK, NodeGate, check_policy
 from .shaping import ShapedBlocks
@@ -142,18 +142,14 @@ class GatedMPIExecutor(ShapedBlocks, EarlyBlocks, MPIExecutor):
     def _refresh_ends(self) -> dict[str, float]:
         """{job id: end time} of the blocks running now, asked of their batch system at most every ENDS_PERIOD s
         (not only at Parsl's block polls, which may be a minute apart)."""
-        from parsl.providers import PBSProProvider
-
-        from .. import pbs, slurm
         with self._ends_lock:
             if time.monotonic() - self._ends_asked < ENDS_PERIOD:
                 return dict(self._block_ends)
             self._ends_asked = time.monotonic()
             live = [str(j) for b, j in self.blocks_to_job_id.items()
                     if b not in self._replaced and not (b in self._status and self._status[b].terminal)]
-            client = pbs if isinstance(self.provider, PBSProProvider) else slurm
             try:
-                self._block_ends = client.job_end_times(live) if live else {}
+                self._block_ends = client_of_provider(self.provider).job_end_times(live) if live else {}
             except ERRORS as err:
                 logger.info("%s: end time of block job(s) %s: %s (asked again later)", self.label, ",".join(live), err)
             return dict(self._block_ends)

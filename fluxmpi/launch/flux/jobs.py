@@ -53,9 +53,8 @@ from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.utils import RepresentationMixin
 
-from ... import pbs as pbs_client
 from ... import slurm as slurm_client
-from ...schedulers import ERRORS
+from ...schedulers import ERRORS, client_of_provider
 from ...errors import FluxmpiError
 from ...logs import log_into
 from ...site import Site
@@ -186,7 +185,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                  admission: str = "largest-first", brokers_by: str = "srun"):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
         self.brokers_by = brokers_by            # "srun", or a PBS site's mpiexec (fluxmpi.launch.flux.block)
-        self._batch = slurm_client if brokers_by == "srun" else pbs_client
+        self._batch = client_of_provider(provider)
         self.admission = check_policy(admission)
         self.label = label
         self.nodes_per_block, self.cores_per_node, self.gpus_per_node = nodes_per_block, cores_per_node, gpus_per_node
