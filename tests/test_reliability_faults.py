@@ -137,6 +137,41 @@ def test_node_death_on_htex_path_goes_on_in_a_block_of_the_nodes_left(cluster, s
 
 
 @pytest.mark.cluster
+def test_a_node_back_in_service_is_used_again_by_a_full_block_on_htex(cluster, site, healthy, tmp_path):
+    """A node out of service when the run starts (drained): the 4-node block comes up with the 3 others, and a
+    4-node task waits (it is not refused) while 1-node tasks run there. Once they are done the node is put back:
+    at the next block poll the idle 3-node block is ended and a full one runs the 4-node task on every node."""
+    back = cluster.layout.node_names[-1]
+    cluster.run(["scontrol", "update", f"nodename={back}", "state=drain", "reason=fluxmpi-test"])
+
+    def resume_when_the_small_ones_are_done(box):
+        deadline = time.monotonic() + 90
+        while len(list((tmp_path / "records").glob("t[01]*"))) < 2 or faults.running_jobs(cluster) == {}:
+            assert time.monotonic() < deadline, "the 1-node tasks did not run within 90s"
+            time.sleep(0.2)
+        time.sleep(2)        # their ends, and the block idle
+        cluster.run(["scontrol", "update", f"nodename={back}", "state=resume"])
+        box["t"] = time.time()
+    box = in_background(resume_when_the_small_ones_are_done)
+    one, four = MPITaskSpec(nodes=1, ranks_per_node=1), MPITaskSpec(nodes=4, ranks_per_node=1)
+    try:
+        result = run_tasks("htex", site, [one, one, four], app="mpi4py", workdir=tmp_path, sleep=1.0,
+                           nodes_per_block=4, resilience=Resilience(**FAST), run_timeout=180)
+    finally:
+        box["thread"].join(5)
+        cluster.run(["scontrol", "update", f"nodename={back}", "state=resume"])
+    assert "t" in box, box.get("error")
+    assert [t.error for t in result.tasks] == [None] * 3, [t.error for t in result.tasks]
+    assert all(back not in t.result["nodes"] for t in result.tasks[:2])
+    assert sorted(result.tasks[2].result["nodes"]) == cluster.layout.node_names     # the node is used again
+    assert len(result.blocks) == 2, result.blocks
+    started = result.tasks[2].result["t_launch"]
+    print(f"\n4-node task launched {started - box['t']:.1f}s after the node was back in service")
+    assert started > box["t"]
+    assert result.placement_ok, result.placement_report
+
+
+@pytest.mark.cluster
 @pytest.mark.parametrize("path", ["htex", pytest.param("flux-jobs", marks=pytest.mark.flux)])
 def test_a_block_pending_for_a_node_that_went_down_is_asked_again_smaller(path, cluster, site, healthy, tmp_path):
     """The run's 4-node block pends (another job holds a node for 10 s); that node is drained meanwhile. The
