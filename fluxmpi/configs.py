@@ -19,6 +19,7 @@ nothing else in the workflow needs to change. Options each path takes (all optio
 | resilience | htex, htex-mpiexec, static, flux, flux-jobs | heartbeats, block polling, tolerated block failures (fluxmpi.launch.blocks.Resilience) |
 | admission | htex, htex-mpiexec, flux-jobs | which waiting task the node gate admits first: "largest-first" or "in-order" |
 | blocks | static | blocks held at once [as many as the partition holds] |
+| max_blocks, min_blocks, idle_release | flux-jobs | elastic blocks: up to max_blocks while tasks wait, each given back after idle_release idle seconds, down to min_blocks (fluxmpi.launch.scaling) [1, 0, never] |
 
 Besides the MPI paths, "htex-gpus" is one task per GPU (fluxmpi.launch.gpu_workers): a worker per GPU on every
 node of the block, for single-node GPU tasks (nodes_per_block, walltime, worker_init, env_file, run_dir, retries,
@@ -44,7 +45,7 @@ OPTIONS = {
     "htex-mpiexec": COMMON + ("resilience", "admission"),
     "static": COMMON + ("resilience", "blocks"),
     "flux": COMMON + ("resilience",),
-    "flux-jobs": COMMON + ("resilience", "admission"),
+    "flux-jobs": COMMON + ("resilience", "admission", "max_blocks", "min_blocks", "idle_release"),
     "plain": COMMON,
     "htex-gpus": COMMON + ("resilience",),
 }
@@ -89,7 +90,9 @@ def config(path: str, site: Site, **options: Any) -> Config:
         from .launch.flux.jobs import flux_jobs_config
         built = flux_jobs_config(site, status_period=res.status_period, link_timeout=res.heartbeat_threshold,
                                  max_block_failures=res.max_block_failures,
-                                 admission=options.get("admission", "largest-first"), **common)
+                                 admission=options.get("admission", "largest-first"),
+                                 max_blocks=options.get("max_blocks", 1), min_blocks=options.get("min_blocks", 0),
+                                 idle_release=options.get("idle_release"), **common)
     elif path == "htex-gpus":
         from .launch.gpu_workers import gpu_workers_config
         built = gpu_workers_config(site, resilience=res, **common)

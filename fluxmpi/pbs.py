@@ -158,15 +158,12 @@ def job_start_times(job_ids: list[str], env: dict | None = None) -> dict[str, fl
     data = _json(["qstat", "-x", "-f", "-F", "json", *job_ids], env=env, check=False)
     out = {}
     for listed, job in (data.get("Jobs") or {}).items():
-        stime = job.get("stime")
-        if not stime or job.get("job_state") in ("Q", "H", "W", "T"):
+        stime = _pbs_time(job.get("stime"))
+        if stime is None or job.get("job_state") in ("Q", "H", "W", "T"):
             continue
         for asked in job_ids:
             if _same_job(listed, asked):
-                try:
-                    out[asked] = time.mktime(time.strptime(stime, "%a %b %d %H:%M:%S %Y"))
-                except ValueError:
-                    logger.info("job %s: start time %r not understood", asked, stime)
+                out[asked] = stime
     return out
 
 
@@ -187,6 +184,31 @@ def job_end_times(job_ids: list[str], env: dict | None = None) -> dict[str, floa
             if _same_job(listed, asked):
                 out[asked] = start + seconds
     return out
+
+
+def job_spans(job_ids: list[str], env: dict | None = None) -> dict[str, dict]:
+    """{job id: {"start", "end", "nodes"}} from `qstat -x -f -F json`: stime (None for a job that never ran),
+    obittime (None while it runs) and the hosts of exec_host."""
+    if not job_ids:
+        return {}
+    data = _json(["qstat", "-x", "-f", "-F", "json", *job_ids], env=env, check=False)
+    out = {}
+    for listed, job in (data.get("Jobs") or {}).items():
+        start, end = _pbs_time(job.get("stime")), _pbs_time(job.get("obittime"))
+        if job.get("job_state") in ("Q", "H", "W", "T"):
+            start = None
+        for asked in job_ids:
+            if _same_job(listed, asked):
+                out[asked] = {"start": start, "end": end if job.get("job_state") in ("F", "X") else None,
+                              "nodes": len(exec_hosts(job.get("exec_host", "")))}
+    return out
+
+
+def _pbs_time(text: str | None) -> float | None:
+    try:
+        return time.mktime(time.strptime(text or "", "%a %b %d %H:%M:%S %Y"))
+    except ValueError:
+        return None
 
 
 def any_unresponsive(hostlist: str, env: dict | None = None) -> bool:

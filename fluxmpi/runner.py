@@ -22,7 +22,7 @@ from typing import Callable
 import parsl
 from parsl.executors.high_throughput.errors import ManagerLost
 
-from . import pbs, placement, slurm
+from . import pbs, placement, slurm, usage
 from .apps import compile_app, run_mpi_task
 from .errors import FluxmpiError
 from .launch.flux.executor import (
@@ -33,6 +33,7 @@ from .launch.flux.executor import (
 from .launch.gate import check_policy
 from .launch.paths import LaunchPath, get_path
 from .launch.resilience import Resilience
+from .launch.scaling import Scaling
 from .launchers import compiler_for
 from .launch.watch import ACTIVE_STATES, BlockWatch
 from .container import site_binds
@@ -109,6 +110,7 @@ class RunResult:
     # when the compile task began on a node (its worker pool or Flux instance was ready by then).
     t_block_started: float | None = None
     t_compile_began: float | None = None
+    usage: dict = field(default_factory=dict)   # node-seconds paid (blocks) and used (tasks): fluxmpi.usage
 
     @property
     def failed(self) -> list[TaskOutcome]:
@@ -309,7 +311,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
               resilience: Resilience | None = None, fault: RankFault | list[RankFault] | None = None,
               resume: bool = False,
               app_binary: str | os.PathLike | None = None, admission: str = "largest-first",
-              log: Callable[[str], None] | None = None,
+              scaling: Scaling | None = None, log: Callable[[str], None] | None = None,
               before_load: Callable[[], object] | None = None,
               commands: list[MPICommand] | None = None, names: list[str] | None = None,
               timeouts: list[float | None] | None = None) -> RunResult:
@@ -319,7 +321,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     watched and replaced, block_timeout (fluxmpi.launch.blocks.Resilience). fault: make one rank of chosen tasks
     fail (fluxmpi.rankfault.RankFault; given several, a task gets the first that applies to it). resume: skip the
     tasks an earlier run in `workdir` finished. app_binary: a built C app to run instead of compiling one on the
-    cluster. admission: which waiting task the node gate admits first (fluxmpi.launch.gate). log: where notes for
+    cluster. admission: which waiting task the node gate admits first (fluxmpi.launch.gate). scaling: blocks held
+    at once and when an idle one is given back (fluxmpi.launch.scaling; the flux-jobs path). log: where notes for
     the user go. before_load: called once, after every input check and right
     before parsl.load submits the blocks (e.g. a warm hold's hand-over, fluxmpi.warm.WarmHold.hand_over); it is
     not called when the input is refused or nothing is left to run.
@@ -344,6 +347,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
     binary = check_app_binary(app, app_binary) if commands is None else None
     parse_walltime(walltime)                            # the blocks' walltime, checked before the config is built
     check_policy(admission)
+    scaling = scaling or Scaling()
+    scaling.check_path(lp.name)
     if resume and workdir is None:
         raise SpecError("resume needs the workdir of the run to resume: give --workdir")
     workdir = Path(workdir or default_workdir(lp.name)).resolve()
@@ -374,7 +379,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
 
     site.apply_env()
     plan = replace(plan, walltime=walltime, worker_init=worker_init, run_dir=str(rd.runinfo),
-                   resilience=res, admission=admission)
+                   resilience=res, admission=admission, scaling=scaling)
     outcomes: list[TaskOutcome] = []
     for tid, spec in zip(task_ids, specs):
         if tid in earlier:
@@ -413,6 +418,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             state["t_loaded"] = time.time()
             watch = BlockWatch(lambda: _job_ids(dfk), site.partition, lp.replaces_blocks, res.block_timeout,
                                client=client_for(site.scheduler))
+            state["spans"] = usage.BlockSpans(watch.client)     # the blocks' node-seconds, asked as they go
             run_app = _python_app(run_mpi_task, lp.label)
             task_kw = lp.task_options(site, plan)     # e.g. the Flux path's set-up lines for each rank
             if commands is None and app == "c" and binary is None:
@@ -437,7 +443,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             skipped = len(earlier)
             progress = on_progress and (lambda done, total: on_progress(done + skipped, total + skipped))
             _wait_all(futures, run_timeout, progress, watch,
-                      on_look=lambda: state["retired"].extend(_retire_blocks_of_lost_pools(dfk, failures)))
+                      on_look=lambda: (state["retired"].extend(_retire_blocks_of_lost_pools(dfk, failures)),
+                                       state["spans"].look(list(watch.jobs))))
         except RunInterrupted as err:
             state["interrupted"] = err.signal_name
         finally:
@@ -546,11 +553,20 @@ class _RunJsonWriter:
                            blocks=dict(watch.jobs) if watch else {}, block_walltime=self.block_walltime,
                            lost_nodes=lost,
                            cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])),
-                           t_block_started=_first_block_start(watch), t_compile_began=state["t_compile_began"])
+                           t_block_started=_first_block_start(watch), t_compile_began=state["t_compile_began"],
+                           usage=_usage(watch, state.get("spans"), self.outcomes))
         with self._lock:
             self._finished.set()
             self._dump(result.to_json())
         return result
+
+
+def _usage(watch: BlockWatch | None, spans: usage.BlockSpans | None, outcomes: list[TaskOutcome]) -> dict:
+    """Node-seconds the run's blocks held against those its tasks used (fluxmpi.usage), for run.json."""
+    if watch is None:
+        return {}
+    spans = spans or usage.BlockSpans(watch.client)
+    return spans.usage(list(watch.jobs), usage.outcome_spans(outcomes)).to_json()
 
 
 def _first_block_start(watch: BlockWatch | None) -> float | None:

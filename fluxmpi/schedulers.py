@@ -1,8 +1,8 @@
 """Which batch system a site's blocks are asked about: one interface over fluxmpi.slurm and fluxmpi.pbs.
 
 A run's watch on its blocks and its clean-up call `client_for(site.scheduler)` and use what both modules give:
-job_states (states in Slurm's names), job_start_times, unusable_nodes, expand_hostlist, any_unresponsive and
-cancel. A failed or slow command raises one of `ERRORS`.
+job_states (states in Slurm's names), job_start_times, job_spans, unusable_nodes, expand_hostlist,
+any_unresponsive and cancel. A failed or slow command raises one of `ERRORS`.
 """
 
 from __future__ import annotations

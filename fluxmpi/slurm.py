@@ -177,10 +177,8 @@ def job_start_times(job_ids: list[str], env: dict | None = None) -> dict[str, fl
         state, _, start = rest.partition("|")
         if state == "PENDING":    # its %S is when Slurm expects to start it
             continue
-        try:
-            out[job] = time.mktime(time.strptime(start.strip(), "%Y-%m-%dT%H:%M:%S"))   # the local time zone
-        except ValueError:       # N/A: not started
-            continue
+        if (t := _epoch(start.strip())) is not None:     # N/A: not started
+            out[job] = t
     return {j: t for j, t in out.items() if j in job_ids}
 
 
@@ -192,11 +190,38 @@ def job_end_times(job_ids: list[str], env: dict | None = None) -> dict[str, floa
     out = {}
     for line in proc.stdout.splitlines():
         job, _, end = line.partition("|")
-        try:
-            out[job] = time.mktime(time.strptime(end.strip(), "%Y-%m-%dT%H:%M:%S"))
-        except ValueError:       # N/A or Unknown: no limit known
-            continue
+        if (t := _epoch(end.strip())) is not None:       # N/A or Unknown: no limit known
+            out[job] = t
     return {j: t for j, t in out.items() if j in job_ids}
+
+
+def job_spans(job_ids: list[str], env: dict | None = None) -> dict[str, dict]:
+    """{job id: {"start", "end", "nodes"}} for the jobs squeue still lists (MinJobAge after they end): start and
+    end in epoch seconds, start None for a job that never ran, end None while it runs (Slurm's %e of a running
+    job is only its limit)."""
+    if not job_ids:
+        return {}
+    proc = run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%S|%e|%D"], env=env,
+                     check=False)
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 5 or parts[0] not in job_ids:
+            continue
+        start, end = _epoch(parts[2]), _epoch(parts[3])
+        if parts[1] == "PENDING":    # its %S is when Slurm expects to start it
+            start = None
+        running = parts[1] in ("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED")
+        out[parts[0]] = {"start": start, "end": None if running else end,
+                         "nodes": int(parts[4]) if parts[4].isdigit() else 0}
+    return out
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))    # squeue prints the local time zone
+    except ValueError:       # N/A, Unknown
+        return None
 
 
 def unusable_nodes(partition: str, env: dict | None = None) -> dict[str, str]:

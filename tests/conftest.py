@@ -5,6 +5,7 @@ A test that needs a part this machine may not have says so with a marker (`@pyte
 reason where it is absent. No test module probes for a part itself, so a new test cannot forget the check.
 """
 
+import fcntl
 import functools
 import os
 import shutil
@@ -102,7 +103,30 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def claimed():
+    """Hold this session's test clusters (the one named FLUXMPI_TEST_CLUSTER [fxtest], and the module clusters
+    named after it or fixed): a second pytest session on the same machine would take them down under the first
+    one's feet (each fixture begins with `down`), so it fails at once instead, naming the way out. Every fixture
+    that boots a cluster asks for this; the lock goes with this process."""
+    name = TEST_CLUSTER_NAME
+    path = Path(os.environ.get("FLUXMPI_CLUSTER_ROOT", "/var/tmp/fluxmpi/clusters")).parent / f"test-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pytest.fail(f"test cluster {name!r} is in use by another test session (pid {f.read().strip() or '?'}); "
+                    f"give this one its own: FLUXMPI_TEST_CLUSTER=<name> python3 -m pytest ...", pytrace=False)
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    yield
+    f.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(claimed):
     """A 4-node local Slurm cluster, booted once per session and removed at its end (asserting nothing is left)."""
     reason = part_missing("cluster")
     if reason:
@@ -139,6 +163,13 @@ def healthy(cluster, site):
     import faults
 
     def heal():
+        # A job a test left behind (a block not cancelled, a holder job) would keep its node busy for every
+        # later test: cancel what is left, and say what it was.
+        left = cluster.run(["squeue", "-h", "-o", "%i %j %T %N"], timeout=30).stdout.split("\n")
+        left = [line for line in left if line.strip()]
+        if left:
+            print(f"\nhealthy: cancelling jobs left on the test cluster: {left}")
+            cluster.run(["scancel", *[line.split()[0] for line in left]], timeout=30)
         revived = []
         for node in cluster.layout.node_names:
             faults.set_link(cluster, node, up=True)

@@ -68,7 +68,7 @@ def test_power_program_runs_without_an_environment(tmp_path, monkeypatch):
 # --- on a real elastic cluster ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def elastic_cluster():
+def elastic_cluster(claimed):
     reason = cluster_unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -126,6 +126,35 @@ def test_warm_hold_gives_the_first_result_sooner(elastic_cluster):
           f"cold {cold['first_result']}s, warm {warm['first_result']}s")
     assert cold["first_result"] >= startup + RESUME_DELAY
     assert warm["first_result"] < cold["first_result"]
+
+
+@pytest.mark.cluster
+@pytest.mark.flux
+def test_flux_jobs_gives_idle_blocks_back_and_the_next_burst_brings_blocks_back(elastic_cluster, tmp_path):
+    """Two bursts of 1-node tasks, a quiet gap longer than idle_release + SuspendTime between them: the blocks
+    of the first burst are given back, the nodes power down, and the second burst runs in new blocks."""
+    from fluxmpi.bench import bursts
+    from fluxmpi.site import Site
+
+    site = Site.from_local_cluster(elastic_cluster)
+    plan = bursts.BurstPlan(bursts=2, tasks=3, sleep=3, gap=SUSPEND_TIME + configs.SUSPEND_TIMEOUT + 12,
+                            idle_release=3)
+    run = bursts.run_variant(site, plan, "elastic", bursts.variants(site, plan)["elastic"], tmp_path, print)
+    assert run["status"] == "ok", run["failed"]
+    assert len(run["tasks"]) == 6
+    spans = run["block_spans"]
+    released = [s for s in spans if s["released"]]
+    assert released, spans
+    first_release = min(s["ended"] for s in released)
+    second_burst = min(t["t_launch"] for t in run["tasks"] if t["task"].startswith("b1-"))
+    assert any(s["connected"] and s["connected"] > first_release for s in spans), spans   # a block came back
+    # Between the bursts every node was off for a while (the sampler saw none powered up).
+    assert any(n == 0 for t, n in run["powered"] if first_release < t < second_burst), run["powered"]
+    u = run["usage"]
+    assert u["unaccounted"] == [] and 0 < u["used"] < u["paid"]
+    assert u["used"] >= 6 * 3 * 0.9      # six tasks of 3 s on one node each
+    print(f"\nelastic flux-jobs, 2 bursts of 3 x 3 s: {len(spans)} blocks, paid {u['paid']:.0f} node-s, used "
+          f"{u['used']:.0f}, idle {100 * u['idle_fraction']:.0f}%")
 
 
 @pytest.mark.cluster

@@ -381,6 +381,153 @@ def test_a_block_takes_a_task_only_while_its_walltime_fits_the_time_left(tmp_pat
     assert _Block("1", nodes=2).fits_time(req)     # an instance that did not say when it ends: no limit known
 
 
+# --- elastic blocks (max_blocks, min_blocks, idle_release), without a cluster ----------------------------
+
+class _Connected:
+    """Stands in for a block's InstanceClient: the dispatch only asks whether one is there."""
+    lost = None
+
+    def close(self):
+        pass
+
+
+def _elastic_executor(tmp_path, **kw):
+    ex = FluxJobsExecutor(None, working_dir=str(tmp_path), nodes_per_block=2, cores_per_node=2, **kw)
+    ex.sent, ex.asked = [], []
+    ex._send = lambda b, req, fut: ex.sent.append((b.block_id, req.task))
+    ex._new_block = lambda why: ex.asked.append(why)
+    ex.blocks_to_job_id = {"0": "100"}          # the executor has started a block (Parsl's own record)
+    return ex
+
+
+def _block(block_id, connected=True, nodes=2, idle_for=0.0):
+    b = _Block(block_id, nodes=nodes, job_id=str(100 + int(block_id)))
+    b.client = _Connected() if connected else None
+    b.last_busy = time.time() - idle_for
+    return b
+
+
+def _wait_for(ex, tmp_path, n, nodes=1):
+    from concurrent.futures import Future
+    for i in range(n):
+        args, kw = _call(spec=MPITaskSpec(nodes=nodes, ranks_per_node=1), task=f"w{i}")
+        fut = Future()
+        fut.parsl_executor_task_id = i
+        ex._waiting.append((mpi_request(run_mpi_task, None, args, kw, tmp_path), fut))
+
+
+def test_bad_elastic_settings_name_the_value_and_the_fix(tmp_path):
+    from fluxmpi.launch.scaling import Scaling
+    for kw, fragment in (({"max_blocks": 0}, "max_blocks=0 must be a whole number of at least 1"),
+                         ({"min_blocks": -1}, "min_blocks=-1 must be a whole number of at least 0"),
+                         ({"max_blocks": 2, "min_blocks": 3}, "min_blocks=3 exceeds max_blocks=2"),
+                         ({"idle_release": 0}, "idle_release=0 must be positive seconds"),
+                         ({"idle_release": "5m"}, "idle_release='5m' must be positive seconds")):
+        with pytest.raises(SpecError, match=fragment):
+            flux_jobs_config(SITE, run_dir=str(tmp_path), install=INSTALL, apply_env=False, **kw)
+    with pytest.raises(SpecError, match="apply to the flux-jobs path, not htex.*use --path flux-jobs"):
+        Scaling(max_blocks=3).check_path("htex")
+    Scaling().check_path("htex")          # the default asks for nothing elastic: every path takes it
+    ex = flux_jobs_config(SITE, run_dir=str(tmp_path), install=INSTALL, apply_env=False, max_blocks=3,
+                          min_blocks=1, idle_release=30).executors[0]
+    assert (ex.max_blocks, ex.min_blocks, ex.idle_release, ex.provider.max_blocks) == (3, 1, 30, 3)
+
+
+def test_with_several_blocks_each_gets_two_waves_and_the_rest_bring_another_block(tmp_path):
+    from fluxmpi.launch.flux.jobs import QUEUE_DEPTH, admit
+    waiting = [mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=1, ranks_per_node=1), task=f"w{i}"),
+                           tmp_path) for i in range(7)]
+    assert admit(waiting, [], 2) == list(range(7))                  # one block: all of one size go at once
+    assert admit(waiting, [], 2, depth=QUEUE_DEPTH) == [0, 1, 2, 3]   # several: twice its nodes
+    assert admit(waiting, waiting[:3], 2, depth=QUEUE_DEPTH) == [0]
+
+    ex = _elastic_executor(tmp_path, max_blocks=2)
+    ex._blocks = [_block("0")]
+    _wait_for(ex, tmp_path, 7)
+    ex._dispatch()
+    assert ex.sent == [("0", f"w{i}") for i in range(4)] and len(ex._waiting) == 3
+    assert ex.asked == ["3 task(s) wait that the running blocks cannot start"]
+    # While that block starts, no third is asked for (it will take the 3); once connected it takes them.
+    ex._new_block = lambda why: ex.asked.append(why) if len(ex._blocks) < ex.max_blocks else None
+    ex._blocks.append(_block("1", connected=False))
+    ex._dispatch()
+    assert len(ex.asked) == 1
+    ex._blocks[1].client = _Connected()
+    ex._dispatch()
+    assert ex.sent[4:] == [("1", "w4"), ("1", "w5"), ("1", "w6")] and ex._waiting == []
+
+    # A burst larger than one more block holds asks for as many as it needs at once, up to max_blocks.
+    wide = _elastic_executor(tmp_path, max_blocks=4)
+    wide._blocks = [_block("0")]
+    _wait_for(wide, tmp_path, 13)
+    wide._dispatch()
+    assert len(wide.sent) == 4 and len(wide.asked) == 3      # 9 waiting: 4 + 4 + 1 in three new blocks
+    wide.asked.clear()
+    wide._blocks += [_block("1", connected=False), _block("2", connected=False)]   # two are starting: 8 of 9
+    wide._dispatch()
+    assert wide.asked == ["9 task(s) wait that the running blocks cannot start"]
+
+    one = _elastic_executor(tmp_path)      # max_blocks 1 (the default): one block takes everything, asks none
+    one._blocks = [_block("0")]
+    _wait_for(one, tmp_path, 7)
+    one._dispatch()
+    assert len(one.sent) == 7 and one.asked == []
+
+
+def test_an_idle_block_is_given_back_down_to_min_blocks_and_not_while_a_task_could_use_it(tmp_path):
+    ex = _elastic_executor(tmp_path, max_blocks=3, min_blocks=1, idle_release=5)
+    ex._cancel_quietly = lambda job_id: None
+    busy, fresh = _block("0", idle_for=60), _block("1", idle_for=1)
+    busy.sent[1] = (None, None)                        # a job runs in it: not idle however long ago it began
+    idle_a, idle_b = _block("2", idle_for=60), _block("3", idle_for=60)
+    idle_b.ends = time.time() + 100                    # less time left than idle_a: given back first
+    ex._blocks = [busy, fresh, idle_a, idle_b]
+    ex.min_blocks = 3
+    ex._give_back_idle()
+    assert [b.block_id for b in ex._blocks] == ["0", "1", "2"]        # min_blocks 3 of 4: one goes
+    assert idle_b.released and "ran nothing for 60s (idle_release 5s): given back" in idle_b.ended
+    assert ex.asked == []                    # given back, not replaced; and not counted as a failed block
+    assert ex._failed_in_a_row == 0
+    # A waiting task that fits it keeps an idle block (it is about to be busy).
+    ex.min_blocks = 0
+    _wait_for(ex, tmp_path, 1, nodes=2)
+    ex._give_back_idle()
+    assert [b.block_id for b in ex._blocks] == ["0", "1", "2"]
+    ex._waiting.clear()
+    starting = _block("4", connected=False, idle_for=30)   # asked for a burst that is over: cancelled unstarted
+    ex._blocks.append(starting)
+    ex._give_back_idle()
+    assert [b.block_id for b in ex._blocks] == ["0", "1"]
+    assert "was still starting with nothing to run" in starting.ended
+    spans = {s["block"]: s for s in ex.block_spans()}
+    assert spans["3"]["released"] and spans["3"]["ended"] is not None and spans["0"]["ended"] is None
+
+
+def test_an_extra_block_may_queue_while_another_runs_and_is_bounded_once_alone(tmp_path):
+    ex = FluxJobsExecutor(None, working_dir=str(tmp_path), uri_timeout=0.5, max_blocks=2)
+    running, extra = _block("0"), _block("1", connected=False)
+    ex._blocks = [running, extra]
+    threading.Timer(1.5, lambda: setattr(running, "ended", "walltime")).start()
+    t = time.monotonic()
+    with pytest.raises(FluxJobsBlockError, match="did not publish its URI"):
+        ex._wait_for_instance(str(tmp_path / "instance.json"), "101", until_ended=extra)
+    assert 1.5 <= time.monotonic() - t < 6     # waited past uri_timeout while block 0 ran, then 0.5 s more
+
+
+def test_node_seconds_paid_against_used():
+    from fluxmpi.usage import Usage, paid_node_seconds, task_node_seconds
+    spans = {"1": {"start": 100.0, "end": 160.0, "nodes": 2}, "2": {"start": 130.0, "end": None, "nodes": 1},
+             "3": {"start": None, "end": None, "nodes": 4}}     # 3 never ran: costs nothing
+    assert paid_node_seconds(spans, now=170.0) == 2 * 60 + 40
+    used = task_node_seconds([(2, 100.0, 130.0), (1, 135.0, 165.0)])
+    assert used == 90
+    u = Usage(paid=160, used=used, blocks=spans, unaccounted=("4",))
+    assert u.idle == 70 and abs(u.idle_fraction - 70 / 160) < 1e-9
+    assert u.render() == ("node-seconds: paid 160 in 2 block(s), used by tasks 90, idle 70 (44%); not counted "
+                          "(no longer listed): 4")
+    assert Usage.from_json(u.to_json()) == u
+
+
 # --- on the local cluster ---------------------------------------------------------------------------------
 
 def _summary(result) -> str:

@@ -46,7 +46,7 @@ def test_the_one_task_per_gpu_config_gives_every_gpu_a_worker(tmp_path, cores, a
 
 
 @pytest.fixture(scope="module")
-def gpu_site():
+def gpu_site(claimed):
     reason = part_missing("cluster")
     if reason:
         pytest.skip(reason)

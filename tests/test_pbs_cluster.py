@@ -27,7 +27,7 @@ NAME = f"{TEST_CLUSTER_NAME}p"[:12]
 
 
 @pytest.fixture(scope="module")
-def pbs_cluster():
+def pbs_cluster(claimed):
     local = LocalCluster(ClusterLayout(name=NAME, nodes=2, gpus_per_node=4, scheduler="pbs"))
     local.down()
     t0 = time.monotonic()

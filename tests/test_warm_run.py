@@ -203,7 +203,7 @@ RESUME_DELAY = 6.0
 
 
 @pytest.fixture(scope="module")
-def elastic_cluster():
+def elastic_cluster(claimed):
     reason = cluster_unavailable_reason()
     if reason:
         pytest.skip(reason)

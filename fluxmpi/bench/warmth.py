@@ -38,15 +38,16 @@ def variants(name: str, kind: str, warm: int | None, compare: bool) -> list[int 
     return [None, warm] if compare else [warm]
 
 
-def power_saving(site: Site) -> tuple[int, int]:
-    """(SuspendTime, SuspendTimeout) in seconds from `scontrol show config`; PowerSavingError if it is off."""
+def power_saving(site: Site, what: str = "--compare-warm") -> tuple[int, int]:
+    """(SuspendTime, SuspendTimeout) in seconds from `scontrol show config`; PowerSavingError (naming `what`
+    needs it) if it is off."""
     text = slurm.run_slurm(["scontrol", "show", "config"], env=site.env).stdout
     found = dict(re.findall(r"^(SuspendTime|SuspendTimeout)\s*=\s*(\S+)", text, re.M))
     suspend = found.get("SuspendTime", "NONE")
     if not suspend.isdigit() or int(suspend) <= 0:
         raise PowerSavingError(
-            f"--compare-warm needs idle nodes that power down, but {site.name} has SuspendTime={suspend}: nothing "
-            "to warm. On this machine use an elastic local cluster: `fluxmpi cluster up -N 4 --name NAME --elastic "
+            f"{what} needs idle nodes that power down, but {site.name} has SuspendTime={suspend}. On this "
+            "machine use an elastic local cluster: `fluxmpi cluster up -N 4 --name NAME --elastic "
             "--resume-delay 20`, then `fluxmpi bench --cluster-name NAME ...`")
     timeout = found.get("SuspendTimeout", "")
     return int(suspend), int(timeout) if timeout.isdigit() else 30

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .. import warm as holds
+from ..bench import bursts
 from ..bench import scale as scaling
 from ..bench.driver import NAMES, BenchError, bench_site, parse_names, run_bench
 from ..bench.workload import KINDS, PRESETS, WorkloadError, resolve
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
               help=f"Comma list of paths and baselines: {','.join(NAMES)}.")
 @click.option("--workload", "workloads", multiple=True,
               help=f"{'|'.join(KINDS)}, a preset ({'|'.join(PRESETS)}), a YAML/JSON file (repeatable), or "
-                   "scale alone: the scale curve over --scale-nodes x --scale-tasks x --scale-sizes "
+                   "scale alone: the scale curve over --scale-nodes x --scale-tasks x --scale-sizes, or bursts "
+                   "alone: idle node-seconds of flux-jobs held against elastic (an elastic cluster) "
                    "[uniform; with --quick: quick].")
 @click.option("--tasks", type=int, default=None, help="Tasks of a uniform/mixed workload [20; --quick: 4].")
 @click.option("--nodes", "task_nodes", type=int, default=None,
@@ -65,12 +67,20 @@ logger = logging.getLogger(__name__)
               help=f"--workload scale: task counts [{','.join(map(str, scaling.DEFAULT_TASKS))}].")
 @click.option("--scale-sizes", default=None, metavar="S,S,..",
               help=f"--workload scale: nodes per task [{','.join(map(str, scaling.DEFAULT_SIZES))}].")
+@click.option("--bursts", "burst_count", type=int, default=None,
+              help=f"--workload bursts: bursts of --tasks tasks [{bursts.DEFAULT_BURSTS}; --tasks "
+                   f"{bursts.DEFAULT_TASKS}, --sleep {bursts.DEFAULT_SLEEP:g}].")
+@click.option("--burst-gap", type=float, default=None,
+              help=f"--workload bursts: quiet seconds between bursts [{bursts.DEFAULT_GAP:g}].")
+@click.option("--idle-release", type=float, default=None,
+              help=f"--workload bursts: idle seconds before an elastic block is given back "
+                   f"[{bursts.DEFAULT_IDLE_RELEASE:g}].")
 @click.option("--compare-warm", is_flag=True,
               help="With --warm: run each launch path cold, then warm, each from powered-down nodes (an elastic "
                    "cluster), and show their time to first result side by side.")
 def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
           sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, container_text,
-          scale_nodes, scale_tasks, scale_sizes, compare_warm) -> None:
+          scale_nodes, scale_tasks, scale_sizes, burst_count, burst_gap, idle_release, compare_warm) -> None:
     """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
     allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
     its lower bound, utilization and throughput.
@@ -78,8 +88,21 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
     Writes OUT/results.json (raw per-task records), OUT/results.md (the table, also printed) and PNG plots.
     A path that cannot run here is reported with the reason. Exits 1 if a run failed.
     """
-    plan = None
+    plan = burst_plan = None
     try:
+        burst_given = {k: v for k, v in {"--bursts": burst_count, "--burst-gap": burst_gap,
+                                         "--idle-release": idle_release}.items() if v is not None}
+        if "bursts" in workloads:
+            burst_plan = _burst_plan(workloads, burst_count, burst_gap, idle_release, tasks, task_nodes, sleep,
+                                     [k for k, v in {"--busy": busy, "--ranks-per-node": ranks_per_node,
+                                                     "--warm": warm, "--container": container_text,
+                                                     "--quick": quick or None, "--scale-nodes": scale_nodes}.items()
+                                      if v is not None])
+            burst_plan.check(cluster_nodes)
+            workloads = ()
+        elif burst_given:
+            raise BenchError(f"{', '.join(burst_given)} {'go' if len(burst_given) > 1 else 'goes'} with "
+                             f"--workload bursts")
         if "scale" in workloads:
             plan = _scale_plan(workloads, scale_nodes, scale_tasks, scale_sizes, sleep,
                                [k for k, v in {"--tasks": tasks, "--nodes": task_nodes, "--busy": busy,
@@ -110,7 +133,8 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             raise BenchError("--compare-warm compares runs with and without --warm N: give --warm N too")
         if warm is not None:
             holds.check_warm_nodes(warm, cluster_nodes, f"the bench (--cluster-nodes {cluster_nodes})")
-    except (BenchError, WorkloadError, holds.WarmError, ContainerError, scaling.ScaleError) as err:
+    except (BenchError, WorkloadError, holds.WarmError, ContainerError, scaling.ScaleError,
+            bursts.BurstsError) as err:
         fail(str(err), code=2)
     out = Path(out_dir or Path.cwd() / "fluxmpi-bench" / time.strftime("%Y%m%d-%H%M%S"))
     command = _command_line(click.get_current_context())
@@ -122,7 +146,9 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         with open_site(cluster, nodes=cluster_nodes, partition=partition, name=cluster_name, log=log) as site:
             site = bench_site(site, cluster_nodes)
             shown = sys.stderr.isatty() if progress is None else progress
-            if plan is not None:
+            if burst_plan is not None:
+                doc = bursts.run_bursts(site, burst_plan, out, log, command=command)
+            elif plan is not None:
                 doc = scaling.run_scale(site, plan, names, out, run_bench=run_bench, log=log, task_timeout=task_timeout,
                                         run_timeout=run_timeout, progress=shown, command=command)
             else:
@@ -137,7 +163,11 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
              code=130)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if plan is not None:
+    if burst_plan is not None:
+        click.echo((out / "bursts.md").read_text())
+        click.echo(f"fluxmpi: results in {out}: bursts.json, bursts.md, bursts.png", err=True)
+        failed = [f"bursts/{r['name']}" for r in doc["runs"] if r["status"] == "failed"]
+    elif plan is not None:
         click.echo((out / "scale.md").read_text())
         click.echo(f"fluxmpi: results in {out}: scale.json, scale.md, scale.png, nodes-N/ (each node count's bench)",
                    err=True)
@@ -153,6 +183,19 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
         click.echo(f"fluxmpi: failed runs: {', '.join(failed)}", err=True)
     raise SystemExit(1 if failed else 0)
 
+
+
+def _burst_plan(workloads, count, gap, idle_release, tasks, task_nodes, sleep, conflicting) -> bursts.BurstPlan:
+    """The plan of `--workload bursts` (which runs alone: two flux-jobs variants on one workload)."""
+    if len(workloads) > 1:
+        raise BenchError(f"--workload bursts runs alone (flux-jobs held against elastic); drop "
+                         f"{', '.join(w for w in workloads if w != 'bursts')}")
+    if conflicting:
+        raise BenchError(f"{', '.join(conflicting)} do not apply to --workload bursts: its tasks are set by "
+                         "--bursts, --tasks, --nodes, --sleep and --burst-gap")
+    given = {k: v for k, v in {"bursts": count, "gap": gap, "idle_release": idle_release, "tasks": tasks,
+                               "task_nodes": task_nodes, "sleep": sleep}.items() if v is not None}
+    return bursts.BurstPlan(**given)
 
 
 def _scale_plan(workloads, nodes, tasks, sizes, sleep, conflicting) -> scaling.ScalePlan:

@@ -18,12 +18,14 @@ from .. import slurm, spackenv, taskfile
 from .. import warm as holds
 from ..launch.paths import PATHS
 from ..launch.resilience import Resilience
+from ..launch.scaling import Scaling
 from ..container import ContainerError
 from ..mpi_apps import APPS, FAIL_MODES
 from ..mpiapp import MPICommand
 from ..rankfault import RankFault
 from ..runner import RunError, RunInterrupted, RunResult, check_app_binary, run_tasks
 from ..site import SiteError, open_site
+from ..usage import Usage
 from ..spec import MPITaskSpec, SpecError, format_clock, parse_walltime
 from .common import fail, given_options
 
@@ -84,6 +86,14 @@ logger = logging.getLogger(__name__)
 @click.option("--fail-task", "fail_tasks", multiple=True,
               help="Only these tasks (t0, t1, ...) get --fail-rank [all]; repeatable.")
 @click.option("--fail-once", is_flag=True, help="--fail-rank fails only a task's first attempt.")
+@click.option("--max-blocks", type=int, default=1, show_default=True,
+              help="flux-jobs: blocks held at once; one more is added while tasks wait that the running ones "
+                   "cannot start.")
+@click.option("--min-blocks", type=int, default=0, show_default=True,
+              help="flux-jobs: blocks kept however idle.")
+@click.option("--idle-release", default=None, metavar="DURATION",
+              help="flux-jobs: give a block back after it ran nothing this long (90s, 2m, HH:MM:SS), so an "
+                   "elastic cluster's nodes power down [never].")
 @click.option("--warm", type=int, default=None,
               help="Power up this many nodes while the run starts (a warm hold), released right before the "
                    "blocks are submitted so they land on warm nodes (elastic clusters; docs/operations.md).")
@@ -92,7 +102,8 @@ logger = logging.getLogger(__name__)
 def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank, gpus_per_rank, repeats, container, app,
         sleep, busy, cluster, cluster_name, cluster_nodes, partition, nodes_per_block, walltime, task_timeout, env_file, workdir,
         run_timeout, resume, retries, heartbeat_period, heartbeat_threshold, status_period, max_block_failures,
-        block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once, warm, warm_for) -> None:
+        block_timeout, app_binary, fail_rank, fail_mode, fail_tasks, fail_once, max_blocks, min_blocks, idle_release,
+        warm, warm_for) -> None:
     """Run MPI tasks concurrently and check where every rank ran: --repeats copies of COMMAND (after `--`), the
     tasks of a --tasks file, or, with neither, of the bundled hello app (--app).
 
@@ -140,6 +151,12 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
         resilience = Resilience(retries=retries, heartbeat_period=heartbeat_period,
                                 heartbeat_threshold=heartbeat_threshold, status_period=status_period,
                                 max_block_failures=max_block_failures, block_timeout=block_timeout)
+        try:
+            idle_seconds = None if idle_release is None else slurm.parse_duration(idle_release)
+        except slurm.DurationError as err:
+            raise SpecError(f"--idle-release {idle_release}: {err}") from None
+        scaling = Scaling(max_blocks=max_blocks, min_blocks=min_blocks, idle_release=idle_seconds)
+        scaling.check_path(path)
         fault = None
         if fail_rank is not None:
             fault = RankFault(fail_rank, fail_mode, tuple(fail_tasks) or None, fail_once)
@@ -192,7 +209,7 @@ def run(command, tasks_file, path, nodes, ranks_per_node, ranks, cores_per_rank,
                 result = run_tasks(path, site, specs, app=app, workdir=workdir, sleep=sleep, busy=busy,
                                    nodes_per_block=nodes_per_block, walltime=walltime, task_timeout=task_timeout,
                                    worker_init=worker_init, run_timeout=run_timeout, resilience=resilience,
-                                   fault=fault, resume=resume, app_binary=app_binary,
+                                   fault=fault, resume=resume, app_binary=app_binary, scaling=scaling,
                                    log=note, on_progress=lambda done, total: bar.update(done - bar.n),
                                    commands=commands, names=names, timeouts=timeouts,
                                    before_load=(lambda: hold.hand_over(log=note)) if hold else None)
@@ -244,6 +261,8 @@ def _report_failures(result: RunResult | None) -> None:
         walltime = f" of {format_clock(result.block_walltime)} walltime" if result.block_walltime else ""
         states = ", ".join(f"job {j} {b.get('state', '?')}" for j, b in result.blocks.items())
         click.echo(f"fluxmpi: the run used {len(result.blocks)} blocks{walltime}: {states}", err=True)
+    if result.usage.get("paid"):
+        click.echo(f"fluxmpi: {Usage.from_json(result.usage).render()}", err=True)
     for job in result.retired_jobs:
         click.echo(f"fluxmpi: cancelled block job {job} (its worker pool stopped answering) so a new one could "
                    f"take its tasks", err=True)

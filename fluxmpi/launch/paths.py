@@ -14,6 +14,7 @@ from parsl.config import Config
 from ..site import Site
 from ..spec import MPITaskSpec, SpecError
 from .resilience import Resilience
+from .scaling import Scaling
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Plan:
     run_dir: str = "runinfo"
     resilience: Resilience = field(default_factory=Resilience)
     admission: str = "largest-first"      # the executor's node gate policy (fluxmpi.launch.gate)
+    scaling: Scaling = field(default_factory=Scaling)    # blocks held at once, idle ones given back
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,8 @@ def _plan_flux_jobs(site, specs, nodes_per_block):
     from .flux.install import check_flux
 
     check_flux()
-    # One block at a time (replaced when it ends); the executor's own gate admits (exclusive is a jobspec key
-    # here, no core split).
+    # One block at a time unless the run's Scaling says more (replaced when it ends); the executor's own gate
+    # admits (exclusive is a jobspec key here, no core split).
     return Plan(nodes_per_block=_block_for(site, specs, nodes_per_block), blocks=1, gate_capacity=0)
 
 
@@ -174,7 +176,9 @@ def _flux_jobs_config(site: Site, plan: Plan) -> Config:
                             worker_init=plan.worker_init, run_dir=plan.run_dir,
                             status_period=plan.resilience.status_period,
                             link_timeout=plan.resilience.heartbeat_threshold,
-                            max_block_failures=plan.resilience.max_block_failures, admission=plan.admission)
+                            max_block_failures=plan.resilience.max_block_failures, admission=plan.admission,
+                            max_blocks=plan.scaling.max_blocks, min_blocks=plan.scaling.min_blocks,
+                            idle_release=plan.scaling.idle_release)
 
 
 def _flux_jobs_resources(spec: MPITaskSpec) -> dict:

@@ -13,11 +13,11 @@ the app starts. This executor keeps Python out of the ranks:
 - any other call (the run's compile task) runs as a one-rank Python job (fluxmpi.launch.flux.pyjob).
 
 Campaigns longer than a block (docs/reliability.md has what each fault did):
-- One block runs at a time. When it ends (walltime, scancel, its first node died, Slurm failed it) while tasks
-  are left, the executor submits another, shaped to the nodes that are up: nodes Slurm will not run jobs on, and
-  nodes Flux lost less than `rejoin_after` seconds ago, are left out (`--exclude`), so a node that came back is
-  used again by the next block (fluxmpi.launch.shaping); a block still pending for more nodes than are up is
-  ended and asked again smaller. Tasks that were running in the ended block fail (Parsl's retries rerun them);
+- Up to `max_blocks` blocks run at once (one by default). When one ends (walltime, scancel, its first node
+  died, Slurm failed it) while tasks are left, the executor submits another, shaped to the nodes that are up:
+  nodes Slurm will not run jobs on, and nodes Flux lost less than `rejoin_after` seconds ago, are left out
+  (`--exclude`), so a node that came back is used again by the next block (fluxmpi.launch.shaping); a block
+  still pending for more nodes than are up is ended and asked again smaller. Tasks that were running in the ended block fail (Parsl's retries rerun them);
   after `max_block_failures` blocks in a row in which no task finished, the executor gives up and fails the rest.
 - Walltime-aware admission: a task that declares a walltime (its spec's; a timeout alone does not) goes to the block only
   while it fits in the time the block has left, checked again when Flux gives it its nodes (if it no longer
@@ -26,6 +26,15 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
   block could run is refused at submit.
 - A job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is kept out of every
   later job of that block (Parsl's retry can come before Flux has marked it offline).
+
+Elastic (max_blocks > 1, idle_release): while tasks wait that no connected block can start now, more blocks are
+submitted at once, as many as the waiting nodes need beyond what the blocks still starting will take (up to
+max_blocks); each block holds at most QUEUE_DEPTH times its nodes in node-holding jobs (running or queued in its
+Flux), so the rest stay here for the other blocks. A
+block that has run nothing for `idle_release` seconds while no waiting task could use it is given back (its
+Slurm job cancelled: on an elastic cluster its nodes then power down), down to `min_blocks`; a task arriving
+later brings a block back. Each block's submission, start and end are kept (`block_spans`) for the run's
+node-seconds (fluxmpi.usage).
 
 Admission (which waiting task goes to Flux when): Flux's default scheduler is first come, first served, and a
 queued job that does not fit yet holds back every job behind it, so on mixed sizes nodes idle while smaller
@@ -60,6 +69,7 @@ from ...logs import log_into
 from ...site import Site
 from ...spec import MPITaskSpec
 from ..blocks import BlockShape, slurm_provider
+from ..scaling import Scaling
 from ..shaping import UsableShape, usable_shape
 from ..gate import check_policy, pick_next
 from .block import WALLTIME_MARGIN, block_command
@@ -86,6 +96,8 @@ URI_TIMEOUT = 300.0        # seconds for the block to start and publish its inst
 BLOCK_LOOK_PERIOD = 3.0    # seconds between squeue looks while waiting for the instance
 START_SLACK = 2            # seconds a job may take from being sent to running, counted against the block's time
 REJOIN_AFTER = 300.0       # seconds a node Flux lost is left out of new blocks unless Slurm says it is down
+QUEUE_DEPTH = 2            # with several blocks: node-holding work a block is given, in multiples of its nodes
+IDLE_LOOK_PERIOD = 1.0     # seconds between looks for blocks idle long enough to give back
 
 
 class FluxJobsBlockError(FluxmpiError, RuntimeError):
@@ -123,6 +135,22 @@ class _Block:
     ended: str | None = None                     # why it is over, once it is
     finished: int = 0                            # tasks that ended well in it
     reshaped: bool = False                       # ended while pending, to ask for the nodes that are up
+    released: bool = False                       # given back because it was idle (not a failure, not replaced)
+    submitted_at: float = field(default_factory=time.time)
+    connected_at: float | None = None            # when its instance took jobs
+    ended_at: float | None = None
+    last_busy: float = field(default_factory=time.time)   # when a job was last sent to or ended in it
+
+    def taking_jobs(self) -> bool:
+        return self.client is not None and not self.ended and not self.released
+
+    def usable_nodes(self) -> int:
+        return self.nodes - len(self.lost_hosts)
+
+    def span(self) -> dict:
+        return {"block": self.block_id, "job": self.job_id, "nodes": self.nodes, "submitted": self.submitted_at,
+                "connected": self.connected_at, "ended": self.ended_at, "released": self.released,
+                "why_ended": self.ended, "finished": self.finished}
 
     def time_left(self) -> float:
         return float("inf") if self.ends is None else self.ends - time.time()
@@ -140,13 +168,24 @@ def holds_nodes(req: JobRequest) -> bool:
     return req.kind != "python" and req.spec.exclusive
 
 
-def admit(waiting: list[JobRequest], held: list[JobRequest], nodes: int, policy: str = "largest-first") -> list[int]:
+def admit(waiting: list[JobRequest], held: list[JobRequest], nodes: int, policy: str = "largest-first",
+          depth: float | None = None) -> list[int]:
     """Indices into `waiting` of the requests to send to an instance of `nodes` usable nodes, in sending order,
-    where `held` are the node-holding jobs already there (see the module docstring's Admission)."""
+    where `held` are the node-holding jobs already there (see the module docstring's Admission). depth: at most
+    this many times `nodes` in node-holding jobs sent and held (None: no limit, one block takes everything)."""
     shared = [i for i, r in enumerate(waiting) if not holds_nodes(r)]
     gated = [i for i, r in enumerate(waiting) if holds_nodes(r)]
     if len({waiting[i].spec.nodes for i in gated} | {r.spec.nodes for r in held}) <= 1:
-        return shared + gated         # one size: first come, first served is the gate's order too
+        if depth is None:
+            return shared + gated     # one size: first come, first served is the gate's order too
+        room = depth * nodes - sum(r.spec.nodes for r in held)
+        queued = []
+        for i in gated:               # the next waves queue in Flux (no round trip), the rest stay for other blocks
+            if waiting[i].spec.nodes > room:
+                break
+            room -= waiting[i].spec.nodes
+            queued.append(i)
+        return shared + queued
     free = nodes - sum(r.spec.nodes for r in held)
     chosen = []
     while (k := pick_next([waiting[i].spec.nodes for i in gated], free, policy)) is not None:
@@ -168,7 +207,9 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     during which a new block leaves it out even if Slurm still lists it up (Slurm notices a dead node only after
     its SlurmdTimeout); after that, what Slurm says decides, so a node that came back is used again.
     admission: which waiting node-holding task goes to the instance first as nodes free up ("largest-first" or
-    "in-order", as the HTEX paths' node gate).
+    "in-order", as the HTEX paths' node gate). max_blocks: blocks at once (more are added while tasks wait);
+    min_blocks: blocks kept however idle; idle_release: seconds a block may run nothing before it is given back
+    (None: kept until its walltime or until the tasks left cannot use it).
     """
 
     fluxmpi_launcher = LAUNCHER     # how fluxmpi's task bodies run here (fluxmpi.mpiapp)
@@ -182,8 +223,11 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                  walltime: int = 1800, uri_timeout: float = URI_TIMEOUT, python: str | None = None,
                  link_timeout: int | None = None, block_error_handler: bool | Callable = True,
                  max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER,
-                 admission: str = "largest-first", brokers_by: str = "srun"):
+                 admission: str = "largest-first", brokers_by: str = "srun", max_blocks: int = 1,
+                 min_blocks: int = 0, idle_release: float | None = None):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
+        scaling = Scaling(max_blocks, min_blocks, idle_release)     # a SpecError naming a bad value
+        self.max_blocks, self.min_blocks, self.idle_release = scaling.max_blocks, scaling.min_blocks, idle_release
         self.brokers_by = brokers_by            # "srun", or a PBS site's mpiexec (fluxmpi.launch.flux.block)
         self._batch = client_of_provider(provider)
         self.admission = check_policy(admission)
@@ -193,7 +237,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         self.link_timeout = link_timeout
         self.working_dir = working_dir
         self.max_block_failures, self.rejoin_after = max_block_failures, rejoin_after
-        self._block: _Block | None = None            # the block taking jobs now (at most one at a time)
+        self._blocks: list[_Block] = []              # blocks not over yet: starting or taking jobs, oldest first
         self.ended_blocks: list[_Block] = []
         self._waiting: list[tuple[JobRequest, Future]] = []   # not sent yet: no instance, or too little time left
         self._lock = threading.RLock()
@@ -241,12 +285,20 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         super().start()
         self.working_dir = os.path.abspath(self.working_dir or os.path.join(self.run_dir, self.label))
         os.makedirs(self.tasks_dir, exist_ok=True)
-        self._new_block("the executor started")
+        for _ in range(max(1, self.min_blocks)):
+            self._new_block("the executor started")
+        if self.idle_release is not None:
+            threading.Thread(target=self._release_idle_blocks, daemon=True, name=f"{self.label}-idle").start()
+
+    def block_spans(self) -> list[dict]:
+        """Every block's submission, connection and end times and nodes (for the run's node-seconds)."""
+        with self._lock:
+            return [b.span() for b in [*self.ended_blocks, *self._blocks]]
 
     def shutdown(self) -> None:
         self._stopped.set()
         with self._lock:
-            blocks = [b for b in [self._block, *self.ended_blocks] if b is not None]
+            blocks = [*self._blocks, *self.ended_blocks]
         for b in blocks:
             if b.client is not None:
                 b.client.close()
@@ -258,10 +310,12 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def handle_errors(self, status) -> None:
         super().handle_errors(status)
-        # A block that ended (walltime, cancel, node failure) while it was the one taking jobs: go on in another.
+        # A block that ended (walltime, cancel, node failure) while it took jobs: go on in another.
         with self._lock:
-            b = self._block
-        if b is not None and b.block_id in (status or {}) and status[b.block_id].state in TERMINAL_STATES:
+            blocks = list(self._blocks)
+        for b in blocks:
+            if b.block_id not in (status or {}) or status[b.block_id].state not in TERMINAL_STATES:
+                continue
             s = status[b.block_id]
             why = f"block {b.block_id}: {s.state.name} {s.message or ''}".strip()
             # Parsl's state says COMPLETED for a block that hit its walltime; Slurm's says why (TimeLimit, ...).
@@ -286,7 +340,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _new_block(self, why: str) -> None:
         """Submit a block (shaped to the nodes that are up) and connect to its instance in the background."""
         with self._lock:
-            if self._stopped.is_set() or self.bad_state_is_set or (self._block and not self._block.ended):
+            if self._stopped.is_set() or self.bad_state_is_set or len(self._blocks) >= self.max_blocks:
                 return
             shape = self._usable_shape()
             nodes, leave_out = shape.nodes, shape.leave_out
@@ -302,7 +356,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 reason = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
                 self._give_up(f"the Flux block could not be submitted: {reason or 'no block was started'}")
                 return
-            b = self._block = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]))
+            b = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]))
+            self._blocks.append(b)
         logger.info("%s: block %s (%s job %s, %d nodes%s) submitted: %s", self.label, b.block_id,
                     self._batch.BATCH_SYSTEM, b.job_id, nodes,
                     f", leaving out {', '.join(leave_out)}" if leave_out else "", why)
@@ -318,10 +373,15 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             b.instance, b.client = instance, client
             b.ends = instance.get("ends")
+            b.connected_at = b.last_busy = time.time()
         logger.info("%s: connected to the Flux instance of %s job %s at %s (%s left)", self.label,
                     self._batch.BATCH_SYSTEM, b.job_id,
                     instance["uri"], "?" if b.ends is None else f"{b.time_left():.0f}s")
         self._dispatch()
+
+    def _others_take_jobs(self, b: _Block) -> bool:
+        with self._lock:
+            return any(o is not b and o.taking_jobs() for o in self._blocks)
 
     def _unpublished(self, b: _Block) -> bool:
         """Whether b's block program has withdrawn its instance.json: it does so on SIGTERM (walltime, scancel) and
@@ -346,9 +406,18 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         deadline = time.monotonic() + self.uri_timeout
         next_look = time.monotonic() + BLOCK_LOOK_PERIOD
         job = f"{self._batch.BATCH_SYSTEM} job {job_id}"
+        said_queued = False
         while time.monotonic() < deadline and not self._stopped.is_set():
             if until_ended is not None and until_ended.ended:
                 raise FluxJobsBlockError(f"{job} ended before its instance was published")
+            if until_ended is not None and self._others_take_jobs(until_ended):
+                # An extra block may queue behind the cluster's other work while another runs the tasks: the
+                # bound counts from when it is the only one left.
+                deadline = time.monotonic() + self.uri_timeout
+                if not said_queued:
+                    logger.info("%s: %s (an extra block) may queue: the other block(s) go on meanwhile",
+                                self.label, job)
+                    said_queued = True
             if os.path.exists(info_file):
                 with open(info_file) as f:
                     return json.load(f)
@@ -388,14 +457,15 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             if b.ended:
                 return
-            b.ended = why
+            b.ended, b.ended_at = why, time.time()
             self.ended_blocks.append(b)
-            if self._block is b:
-                self._block = None
-            if not b.reshaped:    # a block ended to ask for fewer nodes did not fail
+            if b in self._blocks:
+                self._blocks.remove(b)
+            if not (b.reshaped or b.released):    # asked again smaller, or given back idle: not a failure
                 self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
             failed_in_a_row = self._failed_in_a_row
-            work_left = bool(self._waiting) or self.outstanding > len(b.sent)
+            in_blocks = len(b.sent) + sum(len(o.sent) for o in self._blocks)
+            work_left = bool(self._waiting) or self.outstanding > in_blocks
         logger.warning("%s: block %s (%s job %s) is over: %s", self.label, b.block_id,
                        self._batch.BATCH_SYSTEM, b.job_id, why)
         if b.client is not None:
@@ -407,7 +477,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         if failed_in_a_row >= self.max_block_failures:
             self._give_up(f"{failed_in_a_row} blocks in a row ended without a task finishing in them; the last: "
                           f"{why}")
-        elif work_left:
+        elif work_left and not b.released:
             self._new_block(f"block {b.block_id} is over and tasks are left")
 
     def _cancel_quietly(self, job_id: str) -> None:
@@ -449,7 +519,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             return fut
         with self._lock:
             self._waiting.append((req, fut))
-            start_one = self._block is None and self._started_once
+            start_one = not self._blocks and self._started_once
         if start_one:
             self._new_block("a task arrived and no block was running")
         self._dispatch()
@@ -469,40 +539,81 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         return req
 
     def _dispatch(self) -> None:
-        """Send the waiting tasks the current block can take: it is connected, the task fits its nodes, and the
-        task's time limit fits the time the block has left. A block with nothing running that can take none of
-        the waiting tasks is ended, so that a new one (full time, the nodes up now) can."""
+        """Send each waiting task to a block that can take it: connected, the task fits its nodes, and the task's
+        time limit fits the time the block has left (oldest block first). A block with nothing running that can
+        take none of the waiting tasks is ended, so that a new one (full time, the nodes up now) can. Tasks still
+        waiting while every block is busy and none is starting bring one more block, up to max_blocks."""
         with self._lock:
-            b = self._block
-            if b is None or b.client is None or b.ended:
-                return
-            ending = self._unpublished(b)
-        if ending:
+            blocks = [b for b in self._blocks if b.taking_jobs()]
+        ending = [b for b in blocks if self._unpublished(b)]
+        for b in ending:
             self._block_over(b, "its block is ending: the block program withdrew its instance")
-            return
+        depth = QUEUE_DEPTH if self.max_blocks > 1 else None
+        sends, stuck = [], []
         with self._lock:
-            fitting, keep = [], []
-            for req, fut in self._waiting:
-                if fut.done():
+            waiting = [(req, fut) for req, fut in self._waiting if not fut.done()]
+            for b in blocks:
+                if b in ending or b.ended:
                     continue
-                fits = b.fits_time(req) and req.spec.nodes <= b.nodes - len(b.lost_hosts)
-                (fitting if fits else keep).append((req, fut))
-            picked = admit([req for req, _ in fitting], b.held_nodes(), b.nodes - len(b.lost_hosts),
-                           self.admission)
-            send = [fitting[i] for i in picked]
-            chosen = set(picked)
-            later = [item for i, item in enumerate(fitting) if i not in chosen]   # fit, but their nodes are busy
-            self._waiting = sorted(keep + later, key=lambda item: item[1].parsl_executor_task_id)
-            for req, fut in send:
-                b.sent[id(fut)] = (req, fut)
-            stuck = bool(keep) and not b.sent
-        for req, fut in send:
+                fitting, keep = [], []
+                for req, fut in waiting:
+                    fits = b.fits_time(req) and req.spec.nodes <= b.usable_nodes()
+                    (fitting if fits else keep).append((req, fut))
+                picked = set(admit([req for req, _ in fitting], b.held_nodes(), b.usable_nodes(), self.admission,
+                                   depth))
+                for i, (req, fut) in enumerate(fitting):
+                    if i in picked:
+                        b.sent[id(fut)] = (req, fut)
+                        sends.append((b, req, fut))
+                waiting = [item for item in waiting if id(item[1]) not in b.sent]
+                if keep and not b.sent and len(keep) == len(waiting):
+                    stuck.append((b, keep))
+            self._waiting = waiting
+            grow = self._blocks_wanted(waiting) if waiting and not stuck and self._started_once else 0
+        for b, req, fut in sends:
+            b.last_busy = time.time()
             self._send(b, req, fut)
-        if stuck:
+        for b, keep in stuck:
             req = keep[0][0]
             self._block_over(b, f"none of the {len(keep)} waiting task(s) fits in it (e.g. task {req.task}: "
                                 f"{req.spec.nodes} nodes, {_limit(req)}; the block has {b.nodes} nodes and "
                                 f"{max(0.0, b.time_left()):.0f}s left)")
+        for _ in range(grow):
+            self._new_block(f"{len(waiting)} task(s) wait that the running blocks cannot start")
+
+    def _blocks_wanted(self, waiting: list[tuple[JobRequest, Future]]) -> int:
+        """How many more blocks the waiting tasks need, beyond what the blocks still starting will take (each
+        takes QUEUE_DEPTH times its nodes), up to max_blocks. Called with the lock held."""
+        room = self.max_blocks - len(self._blocks)
+        if room <= 0:
+            return 0
+        demand = sum(req.spec.nodes if holds_nodes(req) else 1 for req, _ in waiting)
+        starting = sum(QUEUE_DEPTH * b.nodes for b in self._blocks if not b.taking_jobs() and not b.ended)
+        per_block = QUEUE_DEPTH * (self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block)
+        return min(room, max(0, -(-(demand - starting) // per_block)))
+
+    def _release_idle_blocks(self) -> None:
+        while not self._stopped.wait(IDLE_LOOK_PERIOD):
+            self._give_back_idle()
+
+    def _give_back_idle(self) -> None:
+        """Give back blocks that ran nothing for idle_release seconds while no waiting task could use them."""
+        with self._lock:
+            waiting = [req for req, fut in self._waiting if not fut.done()]
+            # A block still starting counts too (its last_busy is its submission): if nothing waits for it,
+            # cancelling it now saves the idle time it would pay once it starts.
+            idle = [b for b in self._blocks if not b.ended and not b.sent
+                    and time.time() - b.last_busy >= self.idle_release
+                    and not any(b.fits_time(r) and r.spec.nodes <= b.usable_nodes() for r in waiting)]
+            # Blocks still starting go first, then those with the least time left; min_blocks stay.
+            idle.sort(key=lambda b: (b.client is not None, b.time_left()))
+            idle = idle[:max(0, len(self._blocks) - self.min_blocks)]
+            for b in idle:
+                b.released = True
+        for b in idle:
+            what = "ran nothing" if b.client is not None else "was still starting with nothing to run"
+            self._block_over(b, f"it {what} for {time.time() - b.last_busy:.0f}s (idle_release "
+                                f"{self.idle_release:g}s): given back")
 
     def _send(self, b: _Block, req: JobRequest, fut: Future) -> None:
         info = b.instance or {}
@@ -532,6 +643,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _ended(self, b: _Block, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
         with self._lock:
             b.sent.pop(id(fut), None)
+            b.last_busy = time.time()
         if fut.done():
             return
         if end.held_back:
@@ -605,15 +717,19 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
                      install: FluxInstall | None = None, uri_timeout: float = URI_TIMEOUT,
                      status_period: int = 60, link_timeout: int | None = None, apply_env: bool = True,
                      max_block_failures: int = 3, rejoin_after: float = REJOIN_AFTER,
-                     admission: str = "largest-first") -> Config:
-    """A Parsl Config with one FluxJobsExecutor: a Slurm block of `nodes_per_block` nodes running Flux at a
-    time, replaced when it ends while tasks are left (max_block_failures, rejoin_after: FluxJobsExecutor's).
+                     admission: str = "largest-first", max_blocks: int = 1, min_blocks: int = 0,
+                     idle_release: float | None = None) -> Config:
+    """A Parsl Config with one FluxJobsExecutor: Slurm blocks of `nodes_per_block` nodes running Flux, one at a
+    time by default, replaced when one ends while tasks are left (max_block_failures, rejoin_after:
+    FluxJobsExecutor's). Elastic: up to `max_blocks` at once while tasks wait, each given back after
+    `idle_release` seconds of running nothing, down to `min_blocks`.
 
     worker_init: shell lines for the block before the brokers start; the jobs get the resulting environment.
     link_timeout: seconds before a broker whose link is down is dropped (as on the flux path: the run's
     heartbeat threshold). apply_env: export FLUX_SSH / FLUX_SSH_RCMD into this process (flux's ssh connector
     reads them from it). admission: the node gate's policy (FluxJobsExecutor).
     """
+    Scaling(max_blocks, min_blocks, idle_release)
     install = install or check_flux()
     shape = BlockShape.build(site, nodes_per_block, 1, walltime)
     client_env = flux_client_env(site, install)
@@ -627,11 +743,12 @@ def flux_jobs_config(site: Site, *, nodes_per_block: int | None = None, walltime
         provider = slurm_provider(site, shape, worker_init, status_period=status_period,
                                   sbatch_options=(SURVIVE_NODE_LOSS,))
         brokers_by = "srun"
+    provider.max_blocks = max_blocks
     executor = FluxJobsExecutor(
         provider, brokers_by=brokers_by,
         label=label, nodes_per_block=shape.nodes_per_block, cores_per_node=site.cores_per_node,
         gpus_per_node=site.gpus_per_node, flux_path=install.flux,
         working_dir=str(Path(run_dir).resolve() / label), walltime=shape.walltime, uri_timeout=uri_timeout,
         link_timeout=link_timeout, max_block_failures=max_block_failures, rejoin_after=rejoin_after,
-        admission=admission)
+        admission=admission, max_blocks=max_blocks, min_blocks=min_blocks, idle_release=idle_release)
     return Config(executors=[executor], run_dir=run_dir, strategy="none", initialize_logging=True)
