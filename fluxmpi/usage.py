@@ -3,11 +3,10 @@
 Paid is what the batch system says each of the run's blocks held: nodes x (end - start), from Slurm's squeue
 (%S, %e, %D; it lists an ended job for MinJobAge, so a run asks while it goes: BlockSpans) or PBS's qstat -x
 (stime, obittime, exec_host). A block still running when this is asked counts up to now; a block the batch
-system never listed is missing from `paid` and named in `unaccounted`. Used is what the finished tasks held: nodes x (t_done - t_launch) per task, from the
-tasks' own results (the last attempt's; a failed attempt's time counts as idle; tasks sharing nodes count their
-nodes whole). Idle is paid - used: blocks
-starting up, waiting for work, and nodes left free by the packing. Nothing here touches the system but the
-batch system's queries.
+system never listed is missing from `paid` and named in `unaccounted`. Used is what the finished tasks held:
+nodes x (t_done - t_launch) per task, from the tasks' own results (the last attempt's; a failed attempt's time
+counts as idle; tasks sharing nodes count their nodes whole). Idle is paid - used: blocks starting up, waiting
+for work, and nodes left free by the packing. Nothing here touches the system but the batch system's queries.
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ logger = logging.getLogger(__name__)
               help="Only these tasks (t0, t1, ...) get --fail-rank [all]; repeatable.")
 @click.option("--fail-once", is_flag=True, help="--fail-rank fails only a task's first attempt.")
 @click.option("--max-blocks", type=int, default=1, show_default=True,
-              help="flux-jobs: blocks held at once; one more is added while tasks wait that the running ones "
-                   "cannot start.")
+              help="flux-jobs: blocks held at once; more are added (as many as the waiting tasks need) while "
+                   "tasks wait that the running ones cannot start.")
 @click.option("--min-blocks", type=int, default=0, show_default=True,
               help="flux-jobs: blocks kept however idle.")
 @click.option("--idle-release", default=None, metavar="DURATION",

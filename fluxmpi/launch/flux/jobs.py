@@ -17,8 +17,9 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
   died, Slurm failed it) while tasks are left, the executor submits another, shaped to the nodes that are up:
   nodes Slurm will not run jobs on, and nodes Flux lost less than `rejoin_after` seconds ago, are left out
   (`--exclude`), so a node that came back is used again by the next block (fluxmpi.launch.shaping); a block
-  still pending for more nodes than are up is ended and asked again smaller. Tasks that were running in the ended block fail (Parsl's retries rerun them);
-  after `max_block_failures` blocks in a row in which no task finished, the executor gives up and fails the rest.
+  still pending for more nodes than are up is ended and asked again smaller. Tasks that were running in the
+  ended block fail (Parsl's retries rerun them); after `max_block_failures` blocks in a row in which no task
+  finished, the executor gives up and fails the rest.
 - Walltime-aware admission: a task that declares a walltime (its spec's; a timeout alone does not) goes to the block only
   while it fits in the time the block has left, checked again when Flux gives it its nodes (if it no longer
   fits it is cancelled before it starts and waits for the next block, not counted as a failure). A block with
@@ -30,11 +31,11 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
 Elastic (max_blocks > 1, idle_release): while tasks wait that no connected block can start now, more blocks are
 submitted at once, as many as the waiting nodes need beyond what the blocks still starting will take (up to
 max_blocks); each block holds at most QUEUE_DEPTH times its nodes in node-holding jobs (running or queued in its
-Flux), so the rest stay here for the other blocks. A
-block that has run nothing for `idle_release` seconds while no waiting task could use it is given back (its
-Slurm job cancelled: on an elastic cluster its nodes then power down), down to `min_blocks`; a task arriving
-later brings a block back. Each block's submission, start and end are kept (`block_spans`) for the run's
-node-seconds (fluxmpi.usage).
+Flux), so the rest stay here for the other blocks. A block that has run nothing for `idle_release` seconds while
+no waiting task could use it is given back (its Slurm job cancelled: on an elastic cluster its nodes then power
+down), down to `min_blocks`; a task arriving later brings a block back. An extra block that queues because the
+cluster is full waits as long as another block takes jobs (uri_timeout counts once it is the only one). Each
+block's submission, start and end are kept (`block_spans`); the run's node-seconds are fluxmpi.usage's.
 
 Admission (which waiting task goes to Flux when): Flux's default scheduler is first come, first served, and a
 queued job that does not fit yet holds back every job behind it, so on mixed sizes nodes idle while smaller
@@ -542,7 +543,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         """Send each waiting task to a block that can take it: connected, the task fits its nodes, and the task's
         time limit fits the time the block has left (oldest block first). A block with nothing running that can
         take none of the waiting tasks is ended, so that a new one (full time, the nodes up now) can. Tasks still
-        waiting while every block is busy and none is starting bring one more block, up to max_blocks."""
+        waiting bring more blocks (_blocks_wanted), up to max_blocks."""
         with self._lock:
             blocks = [b for b in self._blocks if b.taking_jobs()]
         ending = [b for b in blocks if self._unpublished(b)]
@@ -589,7 +590,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             return 0
         demand = sum(req.spec.nodes if holds_nodes(req) else 1 for req, _ in waiting)
         starting = sum(QUEUE_DEPTH * b.nodes for b in self._blocks if not b.taking_jobs() and not b.ended)
-        per_block = QUEUE_DEPTH * (self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block)
+        nodes = self.provider.nodes_per_block if self.provider is not None else self.nodes_per_block
+        per_block = QUEUE_DEPTH * nodes
         return min(room, max(0, -(-(demand - starting) // per_block)))
 
     def _release_idle_blocks(self) -> None:
