@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from .errors import FluxmpiError
+from .placement import clear_task_records, unreported_ranks
 from .launchers import (
     launch_argv,  # "flux" is not composed: the body is that rank (run_flux_rank)
 )
@@ -104,12 +105,15 @@ def launcher_failures(stderr: str) -> list[tuple[str, str, str]]:
 
 def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, timeout: float | None = None,
                  init: str = "", parsl_resource_specification: dict | None = None, stdout: str | None = None,
-                 stderr: str | None = None, cwd: str | None = None, env: dict | None = None) -> dict:
+                 stderr: str | None = None, cwd: str | None = None, env: dict | None = None,
+                 records: str | None = None) -> dict:
     """Launch one MPI task and wait for it (at most `timeout` seconds). Returns where and when it ran.
 
     init: shell lines sourced before launching (for paths whose tasks do not inherit the block's set-up).
     stdout, stderr: files the task's output goes to (appended; kept after the task) instead of being captured.
     cwd, env: the task's working directory, and variables set for it over the worker's environment.
+    records: the directory where every rank leaves its record when it ends (the bundled apps, the rank wrapper):
+    a launch that exits 0 without a record from each rank fails (check_every_rank_ended).
     """
     from fluxmpi.spec import MPITaskSpec  # imported on the worker
 
@@ -121,6 +125,8 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
     if launcher == "flux":
         return run_flux_rank(task_spec, app_argv, task, timeout, environment, output, cwd)
     nodes = task_nodes()
+    if records:
+        clear_task_records(records, task, task_spec.ranks)    # a record found afterwards is this launch's
     with openmpi_session_base(task, launcher == "mpiexec-openmpi") as session_base, output:
         argv = launch_argv(task_spec, launcher, nodes, app_argv, session_base)
         t_launch = time.time()
@@ -143,11 +149,37 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
             _outlive_block(timeout)
         raise MPITaskFailed(task, f"{argv[0]} exited with code {proc.returncode} on {','.join(nodes)}",
                             launcher_failures(err), _tail(_without_step_teardown(err)), argv)
+    if records:
+        check_every_rank_ended(task, task_spec, nodes, records, argv, err)
     return {"task": task, "worker_host": socket.gethostname(), "nodes": nodes[:task_spec.nodes], "argv": argv,
             "t_launch": t_launch, "t_done": t_done, "stdout_tail": _tail(out, 5), "returncode": 0,
             "stdout": stdout, "stderr": stderr,
             # Which env file the block sourced (worker_init), so a run can show its workers got it.
             "env_file": os.environ.get("FLUXMPI_ENV_FILE")}
+
+
+def check_every_rank_ended(task: str, spec, nodes: list[str], records: str, argv: list[str], stderr: str,
+                           grace: float | None = None) -> None:
+    """Raise MPITaskFailed unless every rank of the task left its record in `records`.
+
+    A launcher's exit status alone is not proof: srun (Slurm 22.05) was seen exiting 0 for a 2-node step whose
+    second node was SIGKILLed mid-run, once slurmctld marked that node DOWN; the rank there never finished. Records
+    of ranks on other nodes reach a shared file system a moment later, so this waits up to `grace` seconds
+    (RECORD_GRACE) for them before it fails the task (then retried like any failed task)."""
+    grace = RECORD_GRACE if grace is None else grace
+    deadline = time.monotonic() + grace
+    while (missing := unreported_ranks(records, task, spec.ranks)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not missing:
+        return
+    # The launchers place ranks in blocks: ranks_per_node consecutive ranks on each node, in node order.
+    where = [(str(rank), nodes[rank // spec.ranks_per_node] if rank // spec.ranks_per_node < len(nodes) else "?",
+              "never ended (no record)") for rank in missing]
+    lost = sorted({node for _, node, _ in where})
+    raise MPITaskFailed(
+        task, f"{argv[0]} exited 0 but {len(missing)} of {spec.ranks} ranks left no record within {grace:.0f}s: "
+              f"lost with their node ({', '.join(lost)}), or {records} is not on a file system every node sees",
+        launcher_failures(stderr) + where, _tail(_without_step_teardown(stderr)), argv)
 
 
 class TaskOutput:
@@ -213,6 +245,9 @@ def openmpi_session_base(task: str, wanted: bool = True):
 _BLOCK_ENDING = re.compile(r"Unable to create step for job \d+: (Job/step already completing or completed|"
                            r"Job has expired|Invalid job id specified)")
 BLOCK_ENDING_WAIT = 60.0
+# Seconds a launch that exited 0 waits for its ranks' records to show on a shared file system (NFS clients may
+# see another node's new file only after their attribute cache times out).
+RECORD_GRACE = 15.0
 
 
 def _outlive_block(timeout: float | None) -> None:

@@ -74,7 +74,8 @@ def run_mpi_app(call: dict, *args: Any, parsl_resource_specification: dict | Non
     argv = command_argv(cmd, call)
     stdout, stderr = output_paths(cmd, call)
     return run_mpi_task(call["spec"], call["launcher"], argv, call["task"], call.get("timeout"),
-                        call.get("init", ""), stdout=stdout, stderr=stderr, cwd=cmd.cwd, env=cmd.env)
+                        call.get("init", ""), stdout=stdout, stderr=stderr, cwd=cmd.cwd, env=cmd.env,
+                        records=call.get("record_dir"))
 
 
 def command_argv(cmd: MPICommand, call: dict) -> list[str]:

@@ -200,6 +200,23 @@ def parse_dir(path: str | Path) -> Records:
     return out
 
 
+def record_path(records_dir: str | Path, task: str, rank: int) -> Path:
+    """Where rank `rank` of `task` writes its record (the apps and the rank wrapper write it when the rank ends)."""
+    return Path(records_dir) / f"{task}.{rank}.json"
+
+
+def clear_task_records(records_dir: str | Path, task: str, ranks: int) -> None:
+    """Remove an earlier attempt's records of `task`, so a record found after a launch proves that launch's rank
+    ended. Only the exact names of ranks 0..ranks-1: task ids may contain dots (t1 and t1.x are two tasks)."""
+    for rank in range(ranks):
+        record_path(records_dir, task, rank).unlink(missing_ok=True)
+
+
+def unreported_ranks(records_dir: str | Path, task: str, ranks: int) -> list[int]:
+    """The ranks of `task` (0..ranks-1) that have no record in records_dir."""
+    return [rank for rank in range(ranks) if not record_path(records_dir, task, rank).is_file()]
+
+
 def read_records(path: str | Path, *, ignore_non_json: bool = False) -> Records:
     """Records from a directory of ``*.json`` files or from one file of lines."""
     path = Path(path)

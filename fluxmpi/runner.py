@@ -434,7 +434,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
                 extra = dict(extra)
                 limit = extra.pop("timeout", task_timeout)
                 fut = app_futures[tid] = run_app(spec.to_dict(), lp.launcher_on(site), argv, tid, limit, **task_kw,
-                                                 **extra, **kwargs)
+                                                 **extra, **kwargs, records=str(records_dir))
                 fut.add_done_callback(lambda f, o=outcome: (_record(o, f, app_futures.get(o.task), failures),
                                                             writer.note_change()))
                 futures[fut] = outcome

@@ -222,3 +222,22 @@ def test_installed_layout_prefers_the_shipped_copy(tmp_path):
     assert proc.returncode == 0, proc.stderr
     shipped = site / "fluxmpi" / "_mpi_apps"
     assert proc.stdout.split() == [str(shipped / "mpi_hello.c"), str(shipped / "mpi_hello.py")]
+
+
+@NEEDS_OPENMPI
+def test_a_launcher_exit_0_without_every_rank_s_record_is_a_failed_task(tmp_path, monkeypatch):
+    """A real mpirun that exits 0 for ranks that wrote nothing (`true`) fails the task; the same program behind
+    the rank wrapper, whose every rank leaves a record, passes."""
+    from fluxmpi import apps
+    from fluxmpi.rank_wrapper import wrap
+    from fluxmpi.spec import MPITaskSpec
+
+    for name, value in ompi_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(apps, "RECORD_GRACE", 1.0)
+    spec = MPITaskSpec(nodes=1, ranks_per_node=2).to_dict()
+    with pytest.raises(apps.MPITaskFailed, match="2 of 2 ranks left no record"):
+        apps.run_mpi_task(spec, "mpiexec-openmpi", ["true"], "t0", RUN_TIMEOUT, records=str(tmp_path))
+    result = apps.run_mpi_task(spec, "mpiexec-openmpi", wrap(["true"], "t1", tmp_path), "t1", RUN_TIMEOUT,
+                               records=str(tmp_path))
+    assert result["returncode"] == 0 and sorted(p.name for p in tmp_path.glob("t1.*")) == ["t1.0.json", "t1.1.json"]

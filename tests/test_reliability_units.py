@@ -258,3 +258,43 @@ def test_run_json_is_rewritten_once_per_period_in_the_background_and_never_after
     writer.write_interim()
     time.sleep(2 * runner.RUN_JSON_PERIOD)
     assert json.loads(run_json.read_text()) == {"final": True}
+
+
+def test_a_launch_is_done_only_when_every_rank_left_its_record(tmp_path):
+    """srun was seen exiting 0 after a node of its step was killed mid-run: the rank there left no record. The
+    task fails naming that rank and the node the launcher put it on (ranks_per_node consecutive ranks a node)."""
+    from fluxmpi.apps import MPITaskFailed, check_every_rank_ended
+
+    spec = MPITaskSpec(nodes=2, ranks_per_node=2)
+    for rank in (0, 1, 3):
+        (tmp_path / f"t0.{rank}.json").write_text(json.dumps(record("t0", rank, size=4)))
+    with pytest.raises(MPITaskFailed) as err:
+        check_every_rank_ended("t0", spec, ["n1", "n2"], str(tmp_path), ["srun"], "srun: error: Node failure on n2\n",
+                               grace=0)
+    assert err.value.failures == [("?", "n2", "node failure"), ("2", "n2", "never ended (no record)")]
+    assert "1 of 4 ranks left no record" in str(err.value) and "(n2)" in str(err.value)
+    (tmp_path / "t0.2.json").write_text(json.dumps(record("t0", 2, size=4)))
+    check_every_rank_ended("t0", spec, ["n1", "n2"], str(tmp_path), ["srun"], "", grace=0)    # all four: done
+
+
+def test_a_late_record_on_a_shared_file_system_is_waited_for_within_the_grace(tmp_path):
+    import threading
+
+    from fluxmpi.apps import check_every_rank_ended
+
+    spec = MPITaskSpec(nodes=1, ranks_per_node=1)
+    late = threading.Timer(0.6, lambda: (tmp_path / "t0.0.json").write_text("{}"))
+    late.start()
+    check_every_rank_ended("t0", spec, ["n1"], str(tmp_path), ["srun"], "", grace=10)
+    late.join()
+
+
+def test_a_retry_clears_only_its_own_task_s_earlier_records(tmp_path):
+    """Task ids may contain dots: clearing t1's records before its retry leaves task t1.x's alone."""
+    from fluxmpi.placement import clear_task_records, unreported_ranks
+
+    for name in ("t1.0.json", "t1.1.json", "t1.x.0.json", "t10.0.json"):
+        (tmp_path / name).write_text("{}")
+    clear_task_records(tmp_path, "t1", 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.x.0.json", "t10.0.json"]
+    assert unreported_ranks(tmp_path, "t1", 2) == [0, 1] and unreported_ranks(tmp_path, "t10", 1) == []
