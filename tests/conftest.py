@@ -156,13 +156,28 @@ def site(cluster, request):
         faults.set_slurmd_timeout(cluster, previous)
 
 
+_UNHEALED: list[str] = []     # why the session's cluster could not be healed (then every later `healthy` fails)
+
+
 @pytest.fixture
 def healthy(cluster, site):
     """Before and after each test: every link up, every killed node powered on again, every node idle and
-    answering Slurm (a node whose link just came back can read `idle*` and be marked DOWN moments later)."""
+    answering Slurm (a node whose link just came back can read `idle*` and be marked DOWN moments later).
+    A node that cannot be healed fails the test with what holds it, once: later tests that need a healthy
+    cluster fail at once, naming that first failure, instead of each waiting for the same node again."""
     import faults
 
+    if _UNHEALED:
+        pytest.fail(f"the test cluster could not be healed earlier in this session: {_UNHEALED[0]}", pytrace=False)
+
     def heal():
+        try:
+            heal_nodes()
+        except faults.FaultError as err:
+            _UNHEALED.append(str(err).splitlines()[0])
+            raise
+
+    def heal_nodes():
         # A job a test left behind (a block not cancelled, a holder job) would keep its node busy for every
         # later test: cancel what is left, and say what it was.
         left = cluster.run(["squeue", "-h", "-o", "%i %j %T %N"], timeout=30).stdout.split("\n")
@@ -180,8 +195,15 @@ def healthy(cluster, site):
             try:
                 faults.wait_node_state(cluster, node, ("idle",), 10 if node in revived else 120, responding=True)
             except faults.FaultError:   # a revived node Slurm still holds a dead job on: up to a minute otherwise
+                held = cluster.run(["squeue", "-h", "-w", node, "-o", "%i"], timeout=30).stdout.split()
+                if held:             # a job that came after the first look
+                    print(f"\nhealthy: cancelling jobs that came to {node} meanwhile: {held}")
+                    cluster.run(["scancel", *held], timeout=30)
                 faults.force_idle(cluster, node)
-                faults.wait_node_state(cluster, node, ("idle",), 120, responding=True)
+                try:
+                    faults.wait_node_state(cluster, node, ("idle",), 60, responding=True)
+                except faults.FaultError as err:
+                    raise faults.FaultError(f"{err}\n{faults.describe_node(cluster, node)}") from None
     heal()
     yield
     heal()

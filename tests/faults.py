@@ -164,6 +164,24 @@ def wait_node_state(cluster: LocalCluster, node: str, states: tuple[str, ...], t
                      f"(last seen: {state})")
 
 
+def describe_node(cluster: LocalCluster, node: str) -> str:
+    """What holds a node, for a message: slurmctld's view of it, the jobs it lists there (in any state), and the
+    processes running in the node's namespace."""
+    parts = []
+    for argv in (["scontrol", "show", "node", node], ["squeue", "-h", "-t", "all", "-w", node, "-o", "%i %j %T %M %u"]):
+        try:
+            proc = cluster.run(argv, timeout=20)
+            parts.append(f"$ {' '.join(argv)}\n{(proc.stdout + proc.stderr).strip() or '(nothing)'}")
+        except subprocess.TimeoutExpired:
+            parts.append(f"$ {' '.join(argv)}: no answer within 20s")
+    try:
+        procs = [" ".join(command_of(pid))[:160] for pid in pids_in_netns(_netns_file(cluster, node))]
+    except FaultError as err:
+        procs = [str(err)]
+    parts.append(f"processes in {node}'s namespace:\n" + ("\n".join(procs) or "(none)"))
+    return "\n".join(parts)
+
+
 def set_slurmd_timeout(cluster: LocalCluster, seconds: int) -> int:
     """Set SlurmdTimeout (seconds of silence before slurmctld declares a node DOWN) in the cluster's slurm.conf
     and make slurmctld reread it. Returns the previous value, to restore it."""

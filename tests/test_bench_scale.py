@@ -74,7 +74,9 @@ def test_the_cli_refuses_what_does_not_go_with_the_scale_workload():
                         (["--workload", "scale", "--tasks", "5"], "--tasks do not apply to --workload scale"),
                         (["--scale-nodes", "4,8"], "go with --workload scale"),
                         (["--workload", "scale", "--scale-nodes", "4,x"], "--scale-nodes '4,x'"),
-                        (["--workload", "scale", "--scale-nodes", "1,4"], "task sizes [2] do not fit")):
+                        (["--workload", "scale", "--scale-nodes", "1,4"], "task sizes [2] do not fit"),
+                        (["--workload", "bursts", "--workload", "mixed"],
+                         "--workload bursts runs alone (flux-jobs held against elastic); drop mixed")):
         result = runner.invoke(bench, args)
         assert result.exit_code == 2, result.output
         assert result.output.startswith("fluxmpi: error: ") and words in result.output, result.output

@@ -177,7 +177,11 @@ def test_a_block_pending_for_a_node_that_went_down_is_asked_again_smaller(path, 
     """The run's 4-node block pends (another job holds a node for 10 s); that node is drained meanwhile. The
     block is cancelled and a 3-node one, without the drained node, runs the tasks."""
     held = cluster.layout.node_names[-1]
-    holder = cluster.run(["sbatch", "--parsable", "-w", held, "-o", "/dev/null", "--wrap", "sleep 10"]).stdout.strip()
+    # Never requeued (Slurm requeues a batch job its node fails under, and -w would pin it there again) and
+    # limited to a minute: whatever happens to it, it cannot hold the node for the tests after this one.
+    holder = cluster.run(["sbatch", "--parsable", "--no-requeue", "-t", "1", "-w", held, "-o", "/dev/null",
+                          "--wrap", "sleep 10"]).stdout.strip()
+    assert holder.isdigit(), f"the holder job was not submitted: {holder!r}"
 
     def drain_when_pending(box):
         deadline = time.monotonic() + 60

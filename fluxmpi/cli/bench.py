@@ -185,14 +185,20 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
 
 
 
+def _check_alone(name: str, why: str, workloads, conflicting, own_flags: str) -> None:
+    """Refuse other workloads and size flags beside a workload that runs alone, naming what to drop."""
+    if len(workloads) > 1:
+        raise BenchError(f"--workload {name} runs alone ({why}); drop "
+                         f"{', '.join(w for w in workloads if w != name)}")
+    if conflicting:
+        raise BenchError(f"{', '.join(conflicting)} do not apply to --workload {name}: its tasks are set by "
+                         f"{own_flags}")
+
+
 def _burst_plan(workloads, count, gap, idle_release, tasks, task_nodes, sleep, conflicting) -> bursts.BurstPlan:
     """The plan of `--workload bursts` (which runs alone: two flux-jobs variants on one workload)."""
-    if len(workloads) > 1:
-        raise BenchError(f"--workload bursts runs alone (flux-jobs held against elastic); drop "
-                         f"{', '.join(w for w in workloads if w != 'bursts')}")
-    if conflicting:
-        raise BenchError(f"{', '.join(conflicting)} do not apply to --workload bursts: its tasks are set by "
-                         "--bursts, --tasks, --nodes, --sleep and --burst-gap")
+    _check_alone("bursts", "flux-jobs held against elastic", workloads, conflicting,
+                 "--bursts, --tasks, --nodes, --sleep and --burst-gap")
     given = {k: v for k, v in {"bursts": count, "gap": gap, "idle_release": idle_release, "tasks": tasks,
                                "task_nodes": task_nodes, "sleep": sleep}.items() if v is not None}
     return bursts.BurstPlan(**given)
@@ -200,12 +206,8 @@ def _burst_plan(workloads, count, gap, idle_release, tasks, task_nodes, sleep, c
 
 def _scale_plan(workloads, nodes, tasks, sizes, sleep, conflicting) -> scaling.ScalePlan:
     """The scale plan of `--workload scale` (which takes no other workload and none of the size flags)."""
-    if len(workloads) > 1:
-        raise BenchError(f"--workload scale runs alone (its own workloads at every node count); drop "
-                         f"{', '.join(w for w in workloads if w != 'scale')}")
-    if conflicting:
-        raise BenchError(f"{', '.join(conflicting)} do not apply to --workload scale: its tasks are set by "
-                         "--scale-tasks and --scale-sizes (and --sleep)")
+    _check_alone("scale", "its own workloads at every node count", workloads, conflicting,
+                 "--scale-tasks and --scale-sizes (and --sleep)")
     return scaling.ScalePlan(nodes=scaling.parse_counts(nodes, scaling.DEFAULT_NODES, "--scale-nodes"),
                              tasks=scaling.parse_counts(tasks, scaling.DEFAULT_TASKS, "--scale-tasks"),
                              sizes=scaling.parse_counts(sizes, scaling.DEFAULT_SIZES, "--scale-sizes"),
