@@ -255,11 +255,15 @@ class WarmHold:
         if self._beat:
             self._beat.stop()
             self._beat = None
-        # Removing the heartbeat ends the hold even if scancel cannot reach slurmctld right now.
-        self.heartbeat.unlink(missing_ok=True)
         try:
-            if self.released_at is None and self.state() in ACTIVE_STATES:
-                scancel([self.job_id], self.env)
+            try:
+                # scancel first, so Slurm lists the hold CANCELLED: released heartbeat-first, a hold once ended
+                # FAILED in the test suite (its script can exit on the missing heartbeat as the scancel lands).
+                if self.released_at is None and self.state() in ACTIVE_STATES:
+                    scancel([self.job_id], self.env)
+            finally:
+                # Removing the heartbeat ends the hold even if scancel could not reach slurmctld.
+                self.heartbeat.unlink(missing_ok=True)
             if wait:
                 wait_inactive([self.job_id], self.env, timeout)
         finally:
