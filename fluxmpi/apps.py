@@ -113,7 +113,8 @@ def run_mpi_task(spec: dict, launcher: str, app_argv: list[str], task: str, time
     stdout, stderr: files the task's output goes to (appended; kept after the task) instead of being captured.
     cwd, env: the task's working directory, and variables set for it over the worker's environment.
     records: the directory where every rank leaves its record when it ends (the bundled apps, the rank wrapper):
-    a launch that exits 0 without a record from each rank fails (check_every_rank_ended).
+    a launch that exits 0 without a record from each rank fails (check_every_rank_ended). Not on the flux launcher,
+    where this body is itself one rank.
     """
     from fluxmpi.spec import MPITaskSpec  # imported on the worker
 
