@@ -104,6 +104,7 @@ class RunResult:
     blocks: dict = field(default_factory=dict)        # Slurm job id -> last state seen (state, reason, nodes)
     block_walltime: int | None = None                 # seconds each block was asked for
     lost_nodes: dict = field(default_factory=dict)    # node -> Slurm state (reason), for nodes of the run's blocks
+    nodes_back: dict = field(default_factory=dict)    # node lost, back in service and given tasks again -> how
     cancelled_jobs: list[str] = field(default_factory=list)   # blocks still active at the end, cancelled
     retired_jobs: list[str] = field(default_factory=list)     # blocks cancelled mid-run: their worker pool was lost
     # For the start-up breakdown: when the first block started running (Slurm's StartTime, whole seconds) and
@@ -458,6 +459,8 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
             if watch is not None:
                 watch.check()
             if dfk is not None:
+                state["nodes_back"] = {h: why for ex in dfk.executors.values()
+                                       for h, why in (getattr(ex, "nodes_back", None) or {}).items()}
                 _cleanup_parsl(dfk, cancelled=state["cancelled"], let_go=set(state["retired"]))
             result = writer.finish(specs, watch, state)
     if state["interrupted"]:
@@ -551,7 +554,7 @@ class _RunJsonWriter:
                            tasks=list(self.outcomes), placement_ok=report.ok, placement_report=report.render(),
                            interrupted=state["interrupted"], retries=self.retries,
                            blocks=dict(watch.jobs) if watch else {}, block_walltime=self.block_walltime,
-                           lost_nodes=lost,
+                           lost_nodes=lost, nodes_back=dict(state.get("nodes_back") or {}),
                            cancelled_jobs=list(state["cancelled"]), retired_jobs=list(state.get("retired", [])),
                            t_block_started=_first_block_start(watch), t_compile_began=state["t_compile_began"],
                            usage=_usage(watch, state.get("spans"), self.outcomes))

@@ -10,6 +10,9 @@ Checked (docs/reliability.md, "What each fault did"):
 - in one run, on the three non-first nodes: one dies and one's link stays down longer than the link timeout (their
   jobs fail with "node failure on HOST", Parsl reruns them in the same instance, the run completes and reports both
   nodes lost), while the third's link is down for less (ridden out);
+- a node whose link was down past the link timeout, and one killed and powered on again, run tasks again once
+  Slurm lists them usable: the first in a Flux instance of its own inside the block's job, the second in a
+  top-up block;
 - the block's first node dies: the connection ends, the tasks it held fail once naming the node, and the run goes
   on in a new block of the nodes left, where they rerun;
 - the block's walltime ends early (its end time moved): a new block takes the tasks left, the ones cut short rerun;
@@ -29,6 +32,7 @@ import test_reliability_flux as flux_faults
 import test_reliability_signals as signals
 from test_reliability_faults import SLURMD_TIMEOUT  # noqa: F401 - the same short SlurmdTimeout
 
+from fluxmpi import placement
 from fluxmpi.launch.resilience import Resilience
 from fluxmpi.runner import run_tasks
 from fluxmpi.spec import MPITaskSpec
@@ -79,6 +83,63 @@ def test_flux_jobs_lost_nodes_rerun_their_tasks_in_the_same_instance_and_a_short
     assert set(result.lost_nodes) == lost, result.lost_nodes
     # The same block ran everything: Slurm kept it (--no-kill) instead of failing it with NODE_FAIL.
     assert len(result.blocks) == 1 and all(b["state"] != "NODE_FAIL" for b in result.blocks.values()), result.blocks
+    assert result.placement_ok, result.placement_report
+
+
+OUTAGE = 25.0    # seconds a link is down: past the link timeout (10 s) and SlurmdTimeout (10 s)
+
+
+def test_flux_jobs_nodes_back_after_a_long_outage_run_tasks_again_before_the_run_ends(
+        cluster, site, healthy, tmp_path):
+    """Two busy non-first nodes of a 4-node block are lost: one's link is down 25 s (link timeout 10 s), the other
+    is killed and powered on again once Slurm has set it DOWN. Flux drops both brokers for good; their tasks rerun
+    on the two nodes left. The cut node stays in the block's job (Slurm lists it not responding, then usable):
+    the executor starts a Flux instance on it alone as a step of that job. The killed node leaves the job (a
+    `--no-kill` job loses a node Slurm sets DOWN): once it is back, a top-up block of one free node takes it.
+    Either way the queued work is spread over every instance and both nodes run tasks again well before the run
+    ends, not after rejoin_after (300 s) or the block's end."""
+    def two_faults(box):
+        _, nodes = faults.wait_running_job(cluster, str(tmp_path), 180)
+        deadline = time.monotonic() + 180
+        while len(busy := [n for n in faults.busy_nodes(cluster, str(tmp_path / "records")) if n != nodes[0]]) < 2:
+            assert time.monotonic() < deadline, f"2 non-first nodes of {nodes} did not run tasks within 180s"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        box["node"], box["killed"] = busy[:2]        # report() names box["node"]: the cut one
+        box["t"], box["epoch"] = time.monotonic(), time.time()
+        cut = faults.link_blip(cluster, box["node"], OUTAGE)
+        faults.kill_node(cluster, box["killed"])
+        faults.wait_node_state(cluster, box["killed"], ("down",), 120)
+        faults.revive_node(cluster, box["killed"])
+        box["revived"] = time.time()
+        cut.join()
+    box = in_background(two_faults)
+    result = run_tasks(PATH, site, [ONE_NODE] * 28, app="mpi4py", workdir=tmp_path, sleep=5.0, nodes_per_block=4,
+                       retries=1, resilience=Resilience(heartbeat_period=2, heartbeat_threshold=10, status_period=3),
+                       run_timeout=300)
+    t_end = time.time()
+    box["thread"].join(OUTAGE + 15)
+    assert "error" not in box and "revived" in box, box
+    cut, killed = box["node"], box["killed"]
+    report(box, result)
+    assert [t.error for t in result.tasks] == [None] * 28, [t.error for t in result.tasks]
+    retried = [t for t in result.tasks if t.attempts > 1]
+    assert retried and all(any(f"node failure on {h}" in t.earlier_errors[0] for h in (cut, killed))
+                           for t in retried), [t.earlier_errors for t in retried]
+    assert {cut, killed} <= set(result.lost_nodes), result.lost_nodes
+    records = placement.read_records(tmp_path / "records").records
+    for host, back, how in ((cut, box["epoch"] + OUTAGE, "a Flux instance of its own inside block"),
+                            (killed, box["revived"], "top-up block")):
+        again = sorted(r.t_start for r in records if r.host == host and r.t_start and r.t_start > back)
+        print(f"{host} back at +{back - box['epoch']:.1f}s: first task since {again[0] - back:.1f}s later, "
+              f"{len(again)} rank(s) there since, the run ended {t_end - back:.1f}s after it was back"
+              if again else f"{host} ran nothing after it was back")
+        assert again, f"{host} ran no task after it was back; blocks {result.blocks}; back {result.nodes_back}"
+        assert again[0] - back < 30, f"{host} took its first task {again[0] - back:.1f}s after it was back"
+        assert how in result.nodes_back.get(host, ""), result.nodes_back
+    print(f"nodes back: {result.nodes_back}")
+    # The run's block and the killed node's top-up; the cut node's instance ran inside the run's block.
+    assert len(result.blocks) == 2, result.blocks
     assert result.placement_ok, result.placement_report
 
 

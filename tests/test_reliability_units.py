@@ -298,3 +298,39 @@ def test_a_retry_clears_only_its_own_task_s_earlier_records(tmp_path):
     clear_task_records(tmp_path, "t1", 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.x.0.json", "t10.0.json"]
     assert unreported_ranks(tmp_path, "t1", 2) == [0, 1] and unreported_ranks(tmp_path, "t10", 1) == []
+
+
+def test_a_node_flux_lost_is_back_once_slurm_saw_it_go_and_come_back():
+    from fluxmpi.launch.flux.rejoin import LostNodes
+
+    lost = LostNodes(rejoin_after=300)
+    lost.lose(["n2", "n3"])
+    assert set(lost.leave_out()) == {"n2", "n3"}
+    # Slurm has not noticed yet (it lists neither unusable): not back, still left out of new blocks.
+    assert lost.look({}) == [] and not lost.is_back("n2")
+    assert lost.look({"n2": "Slurm lists it allocated*"}) == []
+    assert lost.look({}) == ["n2"] and lost.is_back("n2") and not lost.is_back("n3")
+    assert set(lost.leave_out()) == {"n3"} and lost.away["n2"] >= 0
+    lost.lose(["n2"])           # lost again: back only after Slurm shows it go and come back once more
+    assert not lost.is_back("n2") and lost.look({}) == []
+
+
+def test_a_lost_node_slurm_never_listed_down_is_back_after_rejoin_after():
+    from fluxmpi.launch.flux.rejoin import LostNodes
+
+    lost = LostNodes(rejoin_after=0.0)
+    lost.lose(["n4"])
+    assert lost.leave_out() == {}
+    assert lost.look({"n4": "Slurm lists it down*"}) == []      # down now: not back, whatever the time
+    assert lost.look({}) == ["n4"]
+
+
+def test_a_returned_node_gets_its_own_instance_as_a_step_of_its_block_job():
+    from fluxmpi.launch.flux.executor import broker_step
+    from fluxmpi.launch.flux.rejoin import rejoin_step
+
+    argv = rejoin_step(broker_step("/opt/flux/bin/flux", 1, 8, link_timeout=10), "4711", "n3")
+    assert argv[:4] == ["srun", "--jobid=4711", "--overlap", "--nodelist=n3"]
+    assert "--nodes=1" in argv and "--no-kill" in argv and argv[-2:] == ["start", "-Stbon.tcp_user_timeout=10s"]
+    with pytest.raises(ValueError, match="not an srun broker step"):
+        rejoin_step(["mpiexec", "-n", "1", "flux", "start"], "1", "n3")

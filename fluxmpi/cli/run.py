@@ -257,6 +257,8 @@ def _report_failures(result: RunResult | None) -> None:
         click.echo(f"fluxmpi: skipped {len(result.skipped)} task(s) that finished in the earlier run", err=True)
     for node, state in result.lost_nodes.items():
         click.echo(f"fluxmpi: node {node} was lost during the run: {state}", err=True)
+    for node, how in result.nodes_back.items():
+        click.echo(f"fluxmpi: node {node} came back: {how}", err=True)
     if len(result.blocks) > 1:
         walltime = f" of {format_clock(result.block_walltime)} walltime" if result.block_walltime else ""
         states = ", ".join(f"job {j} {b.get('state', '?')}" for j, b in result.blocks.items())

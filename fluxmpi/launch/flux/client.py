@@ -55,6 +55,7 @@ class InstanceClient:
         self._hold_checks: dict[int, Callable[[], str | None]] = {}          # key: id(end)
         self._jobs: dict[int, JobEnd] = {}      # job id -> its JobEnd, until it has finished
         self._early: collections.OrderedDict[int, list] = collections.OrderedDict()   # events before the id
+        self._withdraw_notes: collections.deque = collections.deque()   # withdraw_unstarted() calls to carry out
         self._thread = threading.Thread(target=self._run, name="fluxmpi-flux-jobs-client", daemon=True)
 
     # --- any thread -----------------------------------------------------------------------------------------
@@ -80,6 +81,16 @@ class InstanceClient:
             on_end(JobEnd(error=f"the connection to {self.uri} is closed"))
             return
         os.write(self._wfd, b"j")
+
+    def withdraw_unstarted(self, note: str) -> None:
+        """Cancel every job of ours that Flux has not given its nodes yet; each gets its end with
+        JobEnd.held_back = note (not a failure: the caller sends it elsewhere). A job that gets its nodes in the
+        same moment is cancelled as it starts, which is also reported as held back."""
+        with self._lock:
+            if self._stopping or not self._thread.is_alive():
+                return
+            self._withdraw_notes.append(note)
+        os.write(self._wfd, b"w")
 
     def close(self, timeout: float = 10.0) -> None:
         self._stopping = True
@@ -133,6 +144,8 @@ class InstanceClient:
         if self._stopping:
             self._h.reactor_stop()
             return
+        while self._withdraw_notes:
+            self._withdraw(self._withdraw_notes.popleft())
         while True:
             with self._lock:
                 if not self._queue:
@@ -146,6 +159,16 @@ class InstanceClient:
                 flux.job.submit_async(self._h, spec_json).then(self._submitted, end)
             except Exception as err:  # noqa: BLE001
                 self._finish(end, f"flux refused the job: {err}")
+
+    def _withdraw(self, note: str) -> None:
+        import flux.job
+
+        for jobid, end in list(self._jobs.items()):
+            if "alloc" in end.times or end.held_back:
+                continue
+            self._hold_checks.pop(id(end), None)
+            end.held_back = note
+            flux.job.cancel_async(self._h, jobid, note)
 
     def _submitted(self, fut, end: JobEnd) -> None:
         import flux.job

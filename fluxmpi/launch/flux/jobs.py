@@ -15,7 +15,7 @@ the app starts. This executor keeps Python out of the ranks:
 Campaigns longer than a block (docs/reliability.md has what each fault did):
 - Up to `max_blocks` blocks run at once (one by default). When one ends (walltime, scancel, its first node
   died, Slurm failed it) while tasks are left, the executor submits another, shaped to the nodes that are up:
-  nodes Slurm will not run jobs on, and nodes Flux lost less than `rejoin_after` seconds ago, are left out
+  nodes Slurm will not run jobs on, and nodes Flux lost that have not been seen back, are left out
   (`--exclude`), so a node that came back is used again by the next block (fluxmpi.launch.shaping); a block
   still pending for more nodes than are up is ended and asked again smaller. Tasks that were running in the
   ended block fail (Parsl's retries rerun them); after `max_block_failures` blocks in a row in which no task
@@ -27,6 +27,11 @@ Campaigns longer than a block (docs/reliability.md has what each fault did):
   block could run is refused at submit.
 - A job with ranks on a broker Flux lost fails with "node failure on HOST", and that host is kept out of every
   later job of that block (Parsl's retry can come before Flux has marked it offline).
+- A lost node that comes back is used again while the run goes on (fluxmpi.launch.flux.rejoin): once Slurm has
+  listed it unusable and then usable, and tasks wait that it could run, it gets a Flux instance of its own as a
+  step of its block's Slurm job if it is still in that job, or a top-up block asks for as many free nodes as the
+  blocks lost. Top-ups do not count in max_blocks, are never failures and are not replaced; the jobs queued
+  unstarted in the other blocks' Flux are taken back and spread over every block once a top-up is up.
 
 Elastic (max_blocks > 1, idle_release): while tasks wait that no connected block can start now, more blocks are
 submitted at once, as many as the waiting nodes need beyond what the blocks still starting will take (up to
@@ -51,6 +56,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import subprocess
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -75,8 +82,9 @@ from ..shaping import UsableShape, usable_shape
 from ..gate import check_policy, pick_next
 from .block import WALLTIME_MARGIN, block_command
 from .client import InstanceClient
-from .executor import SURVIVE_NODE_LOSS, flux_client_env, flux_lost_nodes
+from .executor import SURVIVE_NODE_LOSS, broker_step, flux_client_env, flux_lost_nodes
 from .install import FluxInstall, check_flux
+from .rejoin import LostNodes, rejoin_step, slurm_nodes_of
 from .jobspec import (
     LAUNCHER,
     FluxJobsError,
@@ -96,7 +104,8 @@ logger = logging.getLogger(__name__)
 URI_TIMEOUT = 300.0        # seconds for the block to start and publish its instance (queue wait included)
 BLOCK_LOOK_PERIOD = 3.0    # seconds between squeue looks while waiting for the instance
 START_SLACK = 2            # seconds a job may take from being sent to running, counted against the block's time
-REJOIN_AFTER = 300.0       # seconds a node Flux lost is left out of new blocks unless Slurm says it is down
+REJOIN_AFTER = 300.0       # seconds a node Flux lost is left out of new blocks, unless Slurm saw it go and come back
+RETURN_LOOK_PERIOD = 3.0   # seconds between sinfo looks at the nodes Flux lost (only while there are such nodes)
 QUEUE_DEPTH = 2            # with several blocks: node-holding work a block is given, in multiples of its nodes
 IDLE_LOOK_PERIOD = 1.0     # seconds between looks for blocks idle long enough to give back
 
@@ -137,6 +146,10 @@ class _Block:
     finished: int = 0                            # tasks that ended well in it
     reshaped: bool = False                       # ended while pending, to ask for the nodes that are up
     released: bool = False                       # given back because it was idle (not a failure, not replaced)
+    top_up: bool = False                         # for the nodes other blocks lost (not counted in max_blocks)
+    parent: "_Block | None" = None               # a top-up inside this block's Slurm job (one returned node)
+    step: subprocess.Popen | None = None         # ... started by this srun step
+    rejoined: set = field(default_factory=set)   # its lost hosts given their own instance since
     submitted_at: float = field(default_factory=time.time)
     connected_at: float | None = None            # when its instance took jobs
     ended_at: float | None = None
@@ -151,7 +164,8 @@ class _Block:
     def span(self) -> dict:
         return {"block": self.block_id, "job": self.job_id, "nodes": self.nodes, "submitted": self.submitted_at,
                 "connected": self.connected_at, "ended": self.ended_at, "released": self.released,
-                "why_ended": self.ended, "finished": self.finished}
+                "why_ended": self.ended, "finished": self.finished, "top_up": self.top_up,
+                "within": self.parent.block_id if self.parent else None}
 
     def time_left(self) -> float:
         return float("inf") if self.ends is None else self.ends - time.time()
@@ -206,7 +220,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     instance. max_block_failures: blocks in a row that end without a task finishing in them, after which the
     executor fails the tasks left instead of starting another. rejoin_after: seconds after Flux lost a node
     during which a new block leaves it out even if Slurm still lists it up (Slurm notices a dead node only after
-    its SlurmdTimeout); after that, what Slurm says decides, so a node that came back is used again.
+    its SlurmdTimeout), unless Slurm has listed it unusable and then usable since; after that, what Slurm says
+    decides, so a node that came back is used again.
     admission: which waiting node-holding task goes to the instance first as nodes free up ("largest-first" or
     "in-order", as the HTEX paths' node gate). max_blocks: blocks at once (more are added while tasks wait);
     min_blocks: blocks kept however idle; idle_release: seconds a block may run nothing before it is given back
@@ -245,7 +260,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         self._counter = 0
         self._stopped = threading.Event()
         self._failed_in_a_row = 0
-        self._lost_at: dict[str, float] = {}         # host -> when Flux lost it (any block)
+        self.lost = LostNodes(rejoin_after)          # hosts Flux lost (any block), until they are back
+        self.nodes_back: dict[str, str] = {}         # host -> how it came back into use (for the run's report)
         self._baseline_options = getattr(provider, "scheduler_options", "")
 
     # --- BlockProviderExecutor ------------------------------------------------------------------------------
@@ -288,8 +304,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         os.makedirs(self.tasks_dir, exist_ok=True)
         for _ in range(max(1, self.min_blocks)):
             self._new_block("the executor started")
-        if self.idle_release is not None:
-            threading.Thread(target=self._release_idle_blocks, daemon=True, name=f"{self.label}-idle").start()
+        threading.Thread(target=self._watch, daemon=True, name=f"{self.label}-watch").start()
 
     def block_spans(self) -> list[dict]:
         """Every block's submission, connection and end times and nodes (for the run's node-seconds)."""
@@ -303,6 +318,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         for b in blocks:
             if b.client is not None:
                 b.client.close()
+            if b.step is not None:
+                _stop_step(b.step)
         job_ids = [j for _, j in zip(*self._get_block_and_job_ids())]
         if job_ids and self.provider is not None:
             self.provider.cancel(job_ids)     # each instance ends with its block
@@ -331,19 +348,31 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         return []
 
     # --- blocks ---------------------------------------------------------------------------------------------
-    def _usable_shape(self) -> UsableShape:
-        """How many nodes a new block can have now, and which nodes it must leave out: those Slurm will not run
-        jobs on, and those Flux lost less than rejoin_after seconds ago (Slurm may not have noticed yet)."""
-        recent = {h: f"lost by Flux {time.time() - t:.0f}s ago" for h, t in self._lost_at.items()
-                  if time.time() - t < self.rejoin_after}
-        return usable_shape(getattr(self.provider, "partition", None), self.nodes_per_block, recent)
+    def _usable_shape(self, want: int | None = None, also_leave_out: dict[str, str] | None = None) -> UsableShape:
+        """How many nodes (at most `want`, default a full block) a new block can have now, and which nodes it must
+        leave out: those Slurm will not run jobs on, those Flux lost less than rejoin_after seconds ago and that
+        Slurm has not shown back since (Slurm may not have noticed yet), and `also_leave_out`."""
+        recent = self.lost.leave_out()
+        return usable_shape(getattr(self.provider, "partition", None), want or self.nodes_per_block,
+                            {**recent, **(also_leave_out or {})})
 
-    def _new_block(self, why: str) -> None:
-        """Submit a block (shaped to the nodes that are up) and connect to its instance in the background."""
+    def _counted(self) -> list[_Block]:
+        """The blocks max_blocks counts: all but top-ups."""
+        return [b for b in self._blocks if not b.top_up]
+
+    def _new_block(self, why: str, top_up: UsableShape | None = None) -> None:
+        """Submit a block (shaped to the nodes that are up; `top_up`: the shape of a block for nodes other blocks
+        lost) and connect to its instance in the background."""
         with self._lock:
-            if self._stopped.is_set() or self.bad_state_is_set or len(self._blocks) >= self.max_blocks:
+            if self._stopped.is_set() or self.bad_state_is_set:
                 return
-            shape = self._usable_shape()
+            if top_up is None and len(self._counted()) >= self.max_blocks:
+                return
+            topping = [b for b in self._blocks if b.top_up and not b.ended]
+            # A full block next to a top-up would pend for the top-up's nodes: it leaves them out.
+            shape = top_up or self._usable_shape(also_leave_out=self._hosts_of(topping) if topping else None)
+            if top_up is None and topping and shape.nodes < 1:
+                shape = self._usable_shape()
             nodes, leave_out = shape.nodes, shape.leave_out
             if nodes < 1:
                 self._give_up(f"no node of the partition can take a block ({shape.why})")
@@ -357,9 +386,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 reason = "; ".join(s.message or s.state.name for s in self._simulated_status.values())
                 self._give_up(f"the Flux block could not be submitted: {reason or 'no block was started'}")
                 return
-            b = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]))
+            b = _Block(ids[0], nodes, job_id=str(self.blocks_to_job_id[ids[0]]), top_up=top_up is not None)
             self._blocks.append(b)
-        logger.info("%s: block %s (%s job %s, %d nodes%s) submitted: %s", self.label, b.block_id,
+        logger.info("%s: %sblock %s (%s job %s, %d nodes%s) submitted: %s", self.label,
+                    "top-up " if b.top_up else "", b.block_id,
                     self._batch.BATCH_SYSTEM, b.job_id, nodes,
                     f", leaving out {', '.join(leave_out)}" if leave_out else "", why)
         threading.Thread(target=self._connect, args=(b,), daemon=True, name=f"{self.label}-connect").start()
@@ -367,6 +397,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _connect(self, b: _Block) -> None:
         try:
             instance = self._wait_for_instance(self._info_file(b.block_id), b.job_id, until_ended=b)
+            if b.parent is not None and b.parent.instance:
+                # Its broker was started from here: the jobs get the block's environment, not this process's.
+                instance = {**instance, "env": b.parent.instance.get("env") or {},
+                            "python": b.parent.instance.get("python") or instance.get("python")}
             client = InstanceClient(instance["uri"], on_lost=lambda why: self._leader_lost(b, why)).start()
         except Exception as err:  # noqa: BLE001 - the block is over; another may be tried
             self._block_over(b, str(err))
@@ -378,6 +412,9 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.info("%s: connected to the Flux instance of %s job %s at %s (%s left)", self.label,
                     self._batch.BATCH_SYSTEM, b.job_id,
                     instance["uri"], "?" if b.ends is None else f"{b.time_left():.0f}s")
+        if b.top_up:
+            self._note_back(b)
+            self._move_queued_to(b)
         self._dispatch()
 
     def _others_take_jobs(self, b: _Block) -> bool:
@@ -398,7 +435,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         shut_down = self._unpublished(b)
         if host and not b.ended and not shut_down:
             with self._lock:
-                self._lost_at[host] = time.time()
+                self.lost.lose([host])
         what = "shut down" if shut_down else f"was lost ({why})"
         self._block_over(b, f"the connection to its Flux instance on {host or '?'} {what}")
 
@@ -411,7 +448,11 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         while time.monotonic() < deadline and not self._stopped.is_set():
             if until_ended is not None and until_ended.ended:
                 raise FluxJobsBlockError(f"{job} ended before its instance was published")
-            if until_ended is not None and self._others_take_jobs(until_ended):
+            if until_ended is not None and until_ended.step is not None and until_ended.step.poll() is not None:
+                raise FluxJobsBlockError(
+                    f"the step starting a Flux instance in {job} exited ({until_ended.step.returncode}) before it "
+                    f"published {info_file}: see {os.path.join(os.path.dirname(info_file), 'step.log')}")
+            if until_ended is not None and until_ended.step is None and self._others_take_jobs(until_ended):
                 # An extra block may queue behind the cluster's other work while another runs the tasks: the
                 # bound counts from when it is the only one left.
                 deadline = time.monotonic() + self.uri_timeout
@@ -462,23 +503,29 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             self.ended_blocks.append(b)
             if b in self._blocks:
                 self._blocks.remove(b)
-            if not (b.reshaped or b.released):    # asked again smaller, or given back idle: not a failure
+            if not (b.reshaped or b.released or b.top_up):    # asked again smaller, given back idle, a top-up
                 self._failed_in_a_row = 0 if b.finished else self._failed_in_a_row + 1
             failed_in_a_row = self._failed_in_a_row
+            inside = [o for o in self._blocks if o.parent is b]     # instances in its Slurm job end with it
             in_blocks = len(b.sent) + sum(len(o.sent) for o in self._blocks)
             work_left = bool(self._waiting) or self.outstanding > in_blocks
         logger.warning("%s: block %s (%s job %s) is over: %s", self.label, b.block_id,
                        self._batch.BATCH_SYSTEM, b.job_id, why)
         if b.client is not None:
             threading.Thread(target=b.client.close, daemon=True).start()
-        if b.job_id and self.provider is not None and not self._stopped.is_set():
+        if b.step is not None:
+            _stop_step(b.step)          # the Slurm job is its parent's: only this step ends
+        elif b.job_id and self.provider is not None and not self._stopped.is_set():
             threading.Thread(target=self._cancel_quietly, args=(b.job_id,), daemon=True).start()
+        for o in inside:
+            o.released = True
+            self._block_over(o, f"the block it runs in ({b.block_id}) is over")
         if self._stopped.is_set():
             return
         if failed_in_a_row >= self.max_block_failures:
             self._give_up(f"{failed_in_a_row} blocks in a row ended without a task finishing in them; the last: "
                           f"{why}")
-        elif work_left and not b.released:
+        elif work_left and not b.released and not b.top_up:
             self._new_block(f"block {b.block_id} is over and tasks are left")
 
     def _cancel_quietly(self, job_id: str) -> None:
@@ -549,7 +596,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         ending = [b for b in blocks if self._unpublished(b)]
         for b in ending:
             self._block_over(b, "its block is ending: the block program withdrew its instance")
-        depth = QUEUE_DEPTH if self.max_blocks > 1 else None
+        depth = QUEUE_DEPTH if self.max_blocks > 1 or len(blocks) > 1 else None
         sends, stuck = [], []
         with self._lock:
             waiting = [(req, fut) for req, fut in self._waiting if not fut.done()]
@@ -576,6 +623,8 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             self._send(b, req, fut)
         for b, keep in stuck:
             req = keep[0][0]
+            if b.top_up:
+                b.released = True      # its few nodes suit none of what waits: not a failure, not replaced
             self._block_over(b, f"none of the {len(keep)} waiting task(s) fits in it (e.g. task {req.task}: "
                                 f"{req.spec.nodes} nodes, {_limit(req)}; the block has {b.nodes} nodes and "
                                 f"{max(0.0, b.time_left()):.0f}s left)")
@@ -585,7 +634,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
     def _blocks_wanted(self, waiting: list[tuple[JobRequest, Future]]) -> int:
         """How many more blocks the waiting tasks need, beyond what the blocks still starting will take (each
         takes QUEUE_DEPTH times its nodes), up to max_blocks. Called with the lock held."""
-        room = self.max_blocks - len(self._blocks)
+        room = self.max_blocks - len(self._counted())
         if room <= 0:
             return 0
         demand = sum(req.spec.nodes if holds_nodes(req) else 1 for req, _ in waiting)
@@ -594,9 +643,143 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         per_block = QUEUE_DEPTH * nodes
         return min(room, max(0, -(-(demand - starting) // per_block)))
 
-    def _release_idle_blocks(self) -> None:
+    def _watch(self) -> None:
+        """Looks that no event triggers: blocks idle long enough to give back, nodes lost that are back."""
+        next_return_look = 0.0
         while not self._stopped.wait(IDLE_LOOK_PERIOD):
-            self._give_back_idle()
+            try:
+                if self.idle_release is not None:
+                    self._give_back_idle()
+                short = any(b.lost_hosts for b in list(self._blocks))
+                if (self.lost.lost_at or short) and time.monotonic() >= next_return_look:
+                    next_return_look = time.monotonic() + RETURN_LOOK_PERIOD
+                    self._look_for_returns()
+            except Exception as err:  # noqa: BLE001 - a failed look (sinfo, squeue) is tried again next time
+                logger.warning("%s: looking at idle blocks and lost nodes failed: %s", self.label, err)
+
+    def _look_for_returns(self) -> None:
+        """Ask Slurm which lost nodes are back (fluxmpi.launch.flux.rejoin.LostNodes): new blocks may use them at
+        once, without waiting rejoin_after; then give the capacity blocks lost back to them (_top_up)."""
+        partition = getattr(self.provider, "partition", None)
+        if not partition or self._batch is not slurm_client:
+            return      # PBS: lost nodes are left out of new blocks for rejoin_after, then used again
+        with self._lock:
+            pending = bool(self.lost.lost_at)
+        unusable = slurm_client.unusable_nodes(partition) if pending else {}
+        with self._lock:
+            back = self.lost.look(unusable)
+        for host in back:
+            logger.warning("%s: node %s is back in service (Slurm listed it unusable after Flux lost it, and now "
+                           "usable)", self.label, host)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """While running blocks are short of nodes Flux lost in them and tasks wait (here, or queued in those
+        blocks' Flux) that fewer nodes can run: a lost node that is back and still in its block's Slurm job gets an
+        instance of its own there (_rejoin_in_block); beyond that, a top-up block asks for as many free nodes as
+        are still missing (leaving out every node this executor's blocks hold)."""
+        with self._lock:
+            live = [b for b in self._blocks if not b.ended and not b.released]
+            short = [b for b in live if not b.top_up and b.lost_hosts]
+            want = sum(len(b.lost_hosts) for b in short) - sum(b.nodes for b in live if b.top_up)
+            if want < 1 or not self._work_for(1, live):
+                return
+            returned = [(b, h) for b in short for h in sorted(b.lost_hosts - b.rejoined) if self.lost.is_back(h)]
+        if returned:
+            held = slurm_nodes_of(sorted({b.job_id for b, _ in returned}))
+            for b, host in returned:
+                if host in held.get(b.job_id, ()) and want >= 1:
+                    self._rejoin_in_block(b, host)
+                    want -= 1
+        with self._lock:
+            if want < 1 or not self._work_for(want, live):
+                return
+        shape = self._usable_shape(want, self._hosts_of(live))
+        if shape.nodes >= 1:
+            self._new_block(f"its blocks lost {want} node(s) and tasks wait that {shape.nodes} node(s) can run",
+                            top_up=shape)
+
+    def _rejoin_in_block(self, parent: _Block, host: str) -> None:
+        """Start a one-node Flux instance on `host`, which Flux dropped from `parent`'s instance and which is back,
+        as a step of parent's Slurm job (the node is still allocated to it, paid for, and idle otherwise)."""
+        info = parent.instance or {}
+        block_id = f"{parent.block_id}-{host}"
+        info_file = self._info_file(block_id)
+        os.makedirs(os.path.dirname(info_file), exist_ok=True)
+        try:
+            os.unlink(info_file)
+        except FileNotFoundError:
+            pass
+        # Its instance shuts down when parent's does: what parent has left, plus the margin the program takes off.
+        walltime = (int(parent.time_left()) if parent.ends is not None else self.walltime) + WALLTIME_MARGIN
+        program = [info.get("python") or self.python or "python3", "-m", "fluxmpi.launch.flux.block", info_file,
+                   self.flux_path, str(walltime)]
+        argv = rejoin_step(broker_step(self.flux_path, 1, self.cores_per_node, link_timeout=self.link_timeout),
+                           parent.job_id, host) + program
+        env = {**os.environ, **(info.get("env") or {})}       # the block's set-up; Slurm's SLURM_CONF is kept
+        log_path = os.path.join(os.path.dirname(info_file), "step.log")
+        with self._lock:
+            if self._stopped.is_set() or parent.ended or host in parent.rejoined:
+                return
+            parent.rejoined = parent.rejoined | {host}
+            with open(log_path, "ab") as log:
+                step = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+            b = _Block(block_id, 1, job_id=parent.job_id, top_up=True, parent=parent, step=step)
+            self._blocks.append(b)
+        logger.warning("%s: node %s is back and still in block %s (%s job %s): a Flux instance of its own runs "
+                       "there now, as a step of that job (%s)", self.label, host, parent.block_id,
+                       self._batch.BATCH_SYSTEM, parent.job_id, shlex.join(argv[:6]) + " ...")
+        threading.Thread(target=self._connect, args=(b,), daemon=True, name=f"{self.label}-connect").start()
+
+    def _note_back(self, b: _Block) -> None:
+        """Say, for the run's report, which lost nodes take jobs again in top-up block `b` and how soon."""
+        hosts = [b.block_id.split("-", 1)[1]] if b.parent is not None else \
+            sorted(self._hosts_of([b])) if self._batch is slurm_client else []
+        for host in hosts:
+            seen = self.lost.returned.get(host)
+            where = (f"a Flux instance of its own inside block {b.parent.block_id} ({self._batch.BATCH_SYSTEM} job "
+                     f"{b.job_id})" if b.parent is not None else
+                     f"top-up block {b.block_id} ({self._batch.BATCH_SYSTEM} job {b.job_id})")
+            self.nodes_back[host] = (
+                f"back {self.lost.away.get(host, 0):.0f}s after Flux lost it; taking tasks again "
+                f"{(b.connected_at or time.time()) - seen:.1f}s later in {where}" if seen else
+                f"taking tasks again in {where}")
+            logger.warning("%s: node %s is %s", self.label, host, self.nodes_back[host])
+
+    def _work_for(self, nodes: int, blocks: list[_Block]) -> bool:
+        """Whether a task of at most `nodes` nodes waits here, or queues in the Flux of a block that has more
+        node-holding jobs than usable nodes. Called with the lock held."""
+        if any(req.spec.nodes <= nodes for req, fut in self._waiting if not fut.done()):
+            return True
+        for b in blocks:
+            held = b.held_nodes()
+            if sum(r.spec.nodes for r in held) > b.usable_nodes() and any(r.spec.nodes <= nodes for r in held):
+                return True
+        return False
+
+    def _hosts_of(self, blocks: list[_Block]) -> dict[str, str]:
+        """{host: "in block N"} of the nodes the blocks' jobs hold (Slurm's view)."""
+        ids = [b.job_id for b in blocks if b.job_id]
+        states = slurm_client.job_states(ids) if ids and self._batch is slurm_client else {}
+        found = {}
+        for b in blocks:
+            nodes = (states.get(b.job_id) or {}).get("nodes", "")
+            for host in slurm_client.expand_hostlist(nodes):
+                found[host] = f"held by block {b.block_id} of this run"
+        return found
+
+    def _move_queued_to(self, top_up: _Block) -> None:
+        """Take back the jobs the other blocks' Flux has not started (they wait for nodes there), so that the
+        dispatch spreads them over every block, the top-up included."""
+        with self._lock:
+            others = [b for b in self._blocks if b is not top_up and b.taking_jobs()
+                      and sum(r.spec.nodes for r in b.held_nodes()) > b.usable_nodes()]
+        for b in others:
+            logger.info("%s: taking back the jobs queued in block %s for the top-up block %s", self.label,
+                        b.block_id, top_up.block_id)
+            b.client.withdraw_unstarted(f"fluxmpi: moved from block {b.block_id} to top-up block "
+                                        f"{top_up.block_id}")
 
     def _give_back_idle(self) -> None:
         """Give back blocks that ran nothing for idle_release seconds while no waiting task could use them."""
@@ -668,7 +851,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
             if dead:       # before the future fails: Parsl may submit the retry from inside set_exception
                 with self._lock:
                     b.lost_hosts = b.lost_hosts | set(dead)
-                    self._lost_at.update({h: time.time() for h in dead})
+                    self.lost.lose(dead)
                 logger.warning("%s: Flux lost node(s) %s; later jobs avoid them", self.label, ", ".join(sorted(dead)))
         if not ok:
             failure = task_failure(req, end)
@@ -688,6 +871,21 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
                 b.finished += 1
                 self._failed_in_a_row = 0
         self._dispatch()      # a block left idle with only tasks it cannot take is ended here
+
+
+def _stop_step(step: subprocess.Popen, grace: float = 10.0) -> None:
+    """End an srun step started here: SIGTERM (srun passes it to the block program, which shuts its instance
+    down), SIGKILL after `grace` seconds, in the background."""
+    def stop() -> None:
+        if step.poll() is not None:
+            return
+        step.terminate()
+        try:
+            step.wait(grace)
+        except subprocess.TimeoutExpired:
+            step.kill()
+            step.wait(5)
+    threading.Thread(target=stop, daemon=True, name="fluxmpi-stop-step").start()
 
 
 def _limit(req: JobRequest) -> str:
