@@ -734,17 +734,16 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _note_back(self, b: _Block) -> None:
         """Say, for the run's report, which lost nodes take jobs again in top-up block `b` and how soon."""
-        hosts = [b.block_id.split("-", 1)[1]] if b.parent is not None else \
-            sorted(self._hosts_of([b])) if self._batch is slurm_client else []
+        hosts = [b.block_id.split("-", 1)[1]] if b.parent is not None else sorted(self._hosts_of([b]))
         for host in hosts:
             seen = self.lost.returned.get(host)
+            if seen is None:
+                continue        # a free node that was never lost: a top-up may get any
             where = (f"a Flux instance of its own inside block {b.parent.block_id} ({self._batch.BATCH_SYSTEM} job "
                      f"{b.job_id})" if b.parent is not None else
                      f"top-up block {b.block_id} ({self._batch.BATCH_SYSTEM} job {b.job_id})")
-            self.nodes_back[host] = (
-                f"back {self.lost.away.get(host, 0):.0f}s after Flux lost it; taking tasks again "
-                f"{(b.connected_at or time.time()) - seen:.1f}s later in {where}" if seen else
-                f"taking tasks again in {where}")
+            self.nodes_back[host] = (f"back {self.lost.away.get(host, 0):.0f}s after Flux lost it; taking tasks "
+                                     f"again {(b.connected_at or time.time()) - seen:.1f}s later in {where}")
             logger.warning("%s: node %s is %s", self.label, host, self.nodes_back[host])
 
     def _work_for(self, nodes: int, blocks: list[_Block]) -> bool:
