@@ -45,18 +45,24 @@ ONE_NODE = flux_faults.ONE_NODE    # fills a 2-core node: one task per node at a
 in_background, report, hosts_of = flux_faults.in_background, flux_faults.report, flux_faults.hosts_of
 
 
+def busy_non_first_nodes(cluster, workdir, count: int, timeout: float = 180) -> list[str]:
+    """`count` nodes of the run's block, not its first, each running a rank of a task (then 1 s more)."""
+    _, nodes = faults.wait_running_job(cluster, str(workdir), timeout)
+    deadline = time.monotonic() + timeout
+    while len(busy := [n for n in faults.busy_nodes(cluster, str(workdir / "records")) if n != nodes[0]]) < count:
+        assert time.monotonic() < deadline, f"{count} non-first nodes of {nodes} did not run tasks within {timeout}s"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    return busy
+
+
 def test_flux_jobs_lost_nodes_rerun_their_tasks_in_the_same_instance_and_a_short_outage_is_ridden_out(
         cluster, site, healthy, tmp_path):
     """One run, one task per node, three faults on the three non-first nodes at once: one node is killed, one
     loses its link for 20 s, one for 4 s; link timeout 10 s. The killed and the long-cut nodes are lost (their
     tasks rerun elsewhere in the same instance), the short outage is ridden out."""
     def three_faults(box):
-        _, nodes = faults.wait_running_job(cluster, str(tmp_path), 180)
-        deadline = time.monotonic() + 180
-        while len(busy := [n for n in faults.busy_nodes(cluster, str(tmp_path / "records")) if n != nodes[0]]) < 3:
-            assert time.monotonic() < deadline, f"the 3 non-first nodes of {nodes} did not all run tasks within 180s"
-            time.sleep(0.2)
-        time.sleep(1.0)
+        busy = busy_non_first_nodes(cluster, tmp_path, 3)
         box["killed"], box["node"], box["short"] = busy      # report() names box["node"]: the long outage
         box["t"], box["epoch"] = time.monotonic(), time.time()
         short, long = faults.link_blip(cluster, box["short"], 4), faults.link_blip(cluster, box["node"], 20)
@@ -99,12 +105,7 @@ def test_flux_jobs_nodes_back_after_a_long_outage_run_tasks_again_before_the_run
     Either way the queued work is spread over every instance and both nodes run tasks again well before the run
     ends, not after rejoin_after (300 s) or the block's end."""
     def two_faults(box):
-        _, nodes = faults.wait_running_job(cluster, str(tmp_path), 180)
-        deadline = time.monotonic() + 180
-        while len(busy := [n for n in faults.busy_nodes(cluster, str(tmp_path / "records")) if n != nodes[0]]) < 2:
-            assert time.monotonic() < deadline, f"2 non-first nodes of {nodes} did not run tasks within 180s"
-            time.sleep(0.2)
-        time.sleep(1.0)
+        busy = busy_non_first_nodes(cluster, tmp_path, 2)
         box["node"], box["killed"] = busy[:2]        # report() names box["node"]: the cut one
         box["t"], box["epoch"] = time.monotonic(), time.time()
         cut = faults.link_blip(cluster, box["node"], OUTAGE)
