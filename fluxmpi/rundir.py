@@ -92,6 +92,11 @@ _write_lock = threading.Lock()
 
 def write_json(path: Path, data: dict) -> None:
     """Replace `path` with `data` at once: a reader never sees half a file."""
+    write_json_text(path, json.dumps(data, indent=1, default=str))
+
+
+def write_json_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` (JSON made by the caller) at once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)

@@ -240,8 +240,8 @@ def test_run_json_is_rewritten_once_per_period_in_the_background_and_never_after
     from fluxmpi.rundir import RunDir
     done = runner.TaskOutcome("t0", SPEC.to_dict(), submitted=1.0)
     writer = runner._RunJsonWriter("htex", "local:x", tmp_path, 0.0, [done], 0, {"t0": 0})
-    dumps, dump = [], writer._dump
-    writer._dump = lambda data: (dumps.append(1), dump(data))
+    dumps, dump = [], writer._dump_text
+    writer._dump_text = lambda text: (dumps.append(1), dump(text))
     for _ in range(500):                      # 500 tasks finishing at once: one rewrite, not 500
         writer.note_change()
     run_json = RunDir.at(tmp_path).run_json
@@ -258,6 +258,29 @@ def test_run_json_is_rewritten_once_per_period_in_the_background_and_never_after
     writer.write_interim()
     time.sleep(2 * runner.RUN_JSON_PERIOD)
     assert json.loads(run_json.read_text()) == {"final": True}
+
+
+def test_interim_run_json_holds_every_task_as_asdict_would_and_remakes_only_the_changed(tmp_path):
+    from dataclasses import asdict
+
+    from fluxmpi import runner
+    from fluxmpi.rundir import RunDir
+    outcomes = [runner.TaskOutcome(f"t{i}", SPEC.to_dict(), submitted=1.0) for i in range(3)]
+    writer = runner._RunJsonWriter("flux-jobs", "local:x", tmp_path, 0.0, outcomes, 1, {})
+    writer.write_interim()
+    run_json = RunDir.at(tmp_path).run_json
+    assert json.loads(run_json.read_text())["tasks"] == [asdict(o) for o in outcomes]
+    # t1 finishes as runner._record sets it: new values, lists replaced, not changed in place.
+    t1 = outcomes[1]
+    t1.returned, t1.ok, t1.result, t1.attempts, t1.earlier_errors = 2.0, True, {"hosts": ["n1"]}, 2, ["rank 0 failed"]
+    texts_before = dict(writer._texts)
+    writer.write_interim()
+    data = json.loads(run_json.read_text())
+    assert data["complete"] is False and data["retries"] == 1
+    assert data["tasks"] == [asdict(o) for o in outcomes]
+    assert data["tasks"][1]["result"] == {"hosts": ["n1"]} and data["tasks"][1]["earlier_errors"] == ["rank 0 failed"]
+    changed = [o.task for o in outcomes if writer._texts[id(o)] is not texts_before[id(o)]]
+    assert changed == ["t1"], changed
 
 
 def test_a_launch_is_done_only_when_every_rank_left_its_record(tmp_path):
