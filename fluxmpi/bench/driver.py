@@ -116,13 +116,17 @@ def _which(cmd: str) -> bool:
 def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: Path, *,
               task_timeout: float = 600, run_timeout: float = 3600, progress: bool = True,
               command: str = "", log: Callable[[str], None] = print, warm: int | None = None,
-              compare_warm: bool = False, container: Container | None = None) -> dict:
+              compare_warm: bool = False, container: Container | None = None, rounds: int = 1) -> dict:
     """Run everything, write the outputs, return the bench document (what results.json holds).
 
     warm: each launch path run gets its own warm hold on this many nodes, handed over right before its blocks
     are submitted (rows "PATH+warm"). compare_warm: each path runs cold, then warm, both from powered-down
     nodes (bench/warmth.py), so their time to first result compares. container: the image the +ctr rows run
-    their ranks in."""
+    their ranks in. rounds: every run is made this many times, in rounds (each path right after its baseline in
+    every round); the rows, plots and targets are the first round's, except start-up, taken as the median of the
+    rounds (entry["startup_rounds"], entry["startup_median"])."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise BenchError(f"--rounds {rounds!r} must be a whole number of at least 1")
     if not workloads:
         raise BenchError("no workloads to run")
     boxed = [n for n in names if n.endswith(CTR_SUFFIX)]
@@ -147,24 +151,37 @@ def run_bench(site: Site, workloads: list[Workload], names: list[str], out_dir: 
                  "cores_per_node": site.cores_per_node},
         "names": names, "workloads": [],
         "warm": {"nodes": warm, "compare": compare_warm},
-        "container": container.to_dict() if container is not None else None,
+        "container": container.to_dict() if container is not None else None, "rounds": rounds,
     }
     for wl in workloads:
         log(f"fluxmpi: workload {wl.describe()}")
         entry = {"workload": wl.to_dict(), "description": wl.describe(), "runs": []}
         bench["workloads"].append(entry)
-        for name in names:
-            kind = "baseline" if name in BASELINES else "path"
-            for hold_nodes in warmth.variants(name, kind, warm, compare_warm):
-                row = name + (warmth.WARM_SUFFIX if hold_nodes else "")
-                raw = _run_one(name, site, wl, out_dir / "runs" / wl.name / row, task_timeout=task_timeout,
-                               run_timeout=run_timeout, progress=progress, log=log, warm=hold_nodes,
-                               cold_start=power_timeout if kind == "path" else None,
-                               container=container if name.endswith(CTR_SUFFIX) else None)
-                raw.name = row
-                entry["runs"].append(raw.to_json())
-                report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
+        for round_no in range(1, rounds + 1):
+            if rounds > 1:
+                log(f"fluxmpi: {wl.name}: round {round_no} of {rounds}")
+            for name in names:
+                kind = "baseline" if name in BASELINES else "path"
+                for hold_nodes in warmth.variants(name, kind, warm, compare_warm):
+                    row = name + (warmth.WARM_SUFFIX if hold_nodes else "")
+                    where = out_dir / "runs" / wl.name / (row if round_no == 1 else f"{row}.round{round_no}")
+                    raw = _run_one(name, site, wl, where, task_timeout=task_timeout, run_timeout=run_timeout,
+                                   progress=progress, log=log, warm=hold_nodes,
+                                   cold_start=power_timeout if kind == "path" else None,
+                                   container=container if name.endswith(CTR_SUFFIX) else None)
+                    raw.name = row
+                    if round_no == 1:
+                        entry["runs"].append(raw.to_json())
+                    if rounds > 1:
+                        s = raw.summary or {}
+                        entry.setdefault("startup_rounds", {}).setdefault(row, []).append(
+                            {"round": round_no, "status": raw.status, "startup": s.get("startup"),
+                             "startup_parts": s.get("startup_parts")})
+                    report.write_json(bench, out_dir / "results.json")   # keep what finished if a later run breaks
         _compare_with_baselines(entry)
+        if rounds > 1:
+            entry["startup_median"] = metrics.startup_medians(
+                entry["startup_rounds"], {r["name"]: r.get("baseline") for r in entry["runs"]})
     bench["targets"] = targets.evaluate(bench)
     report.write_json(bench, out_dir / "results.json")
     (out_dir / "results.md").write_text(report.render_markdown(bench))

@@ -75,6 +75,25 @@ def startup_parts(t_start: float | None, stamps: dict, t_first_result: float | N
     return out
 
 
+def startup_medians(rounds: dict[str, list[dict]], baseline_of: dict[str, str]) -> dict[str, dict]:
+    """{run: its start-up over the rounds}: rounds maps a run's name to one {"startup", "startup_parts"} per round
+    (rounds where it had no first result left out); the median start-up and of each part, the range, and the
+    median's ratio to its baseline's median."""
+    out = {}
+    for name, seen in rounds.items():
+        ups = [r["startup"] for r in seen if r.get("startup") is not None]
+        if not ups:
+            continue
+        parts = {p: median(v for r in seen if r.get("startup") is not None
+                           and (v := (r.get("startup_parts") or {}).get(p)) is not None) for p in STARTUP_PARTS}
+        out[name] = {"rounds": len(ups), "startup": median(ups), "min": min(ups), "max": max(ups), "parts": parts}
+    for name, m in out.items():
+        base = out.get(baseline_of.get(name) or "")
+        m["baseline"] = baseline_of.get(name)
+        m["vs_baseline"] = ratio(m["startup"], base["startup"]) if base else None
+    return out
+
+
 def complete(task: dict) -> bool:
     """A task that ran: ok, every required timestamp present and in order (submitted <= started <= ended)."""
     if not task.get("ok"):

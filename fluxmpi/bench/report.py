@@ -73,6 +73,7 @@ def render_markdown(bench: dict) -> str:
                 lines.append(f"| {r['name']} | " + " | ".join(_f(c.get(k)) for k in COMPONENTS)
                              + f" | {_f(r['summary'].get('overhead_mean'))} |")
         lines += render_startup(entry)
+        lines += render_startup_medians(entry)
         lines += render_warmth(entry)
         lines += render_wrapper_cost(entry)
         lines += render_container_cost(entry)
@@ -97,6 +98,23 @@ def render_startup(entry: dict) -> list[str]:
         base = f" ({r['baseline']})" if s.get("startup_vs_baseline") is not None else ""
         lines.append(f"| {r['name']} | " + " | ".join(_f(parts.get(k), 1) for k in STARTUP_PARTS)
                      + f" | {_f(s['startup'], 1)} | {_f(s.get('startup_vs_baseline'), 2, suffix='x')}{base} |")
+    return lines
+
+
+def render_startup_medians(entry: dict) -> list[str]:
+    """With --rounds N: each run's start-up and its parts as medians over the rounds, with their range."""
+    medians = entry.get("startup_median") or {}
+    if not medians:
+        return []
+    lines = ["", "Start-up over the rounds (--rounds): the median of each part and of the start-up, the range of "
+             "the start-up, and the median's ratio to its baseline's median:", "",
+             "| run | rounds | " + " | ".join(STARTUP_PARTS) + " | start-up median | min-max | vs baseline |",
+             "|---|---|" + "---|" * (len(STARTUP_PARTS) + 3)]
+    for name, m in medians.items():
+        base = f" ({m['baseline']})" if m.get("vs_baseline") is not None else ""
+        lines.append(f"| {name} | {m['rounds']} | " + " | ".join(_f(m["parts"].get(k), 1) for k in STARTUP_PARTS)
+                     + f" | {_f(m['startup'], 1)} | {_f(m['min'], 1)}-{_f(m['max'], 1)}"
+                     + f" | {_f(m.get('vs_baseline'), 2, suffix='x')}{base} |")
     return lines
 
 
@@ -181,5 +199,7 @@ def render_targets(targets: list[dict]) -> list[str]:
         if t["target"] == "growth" and t.get("slope") is not None:
             ci = "" if t.get("slope_se") is None else f" ± {1.96 * t['slope_se'] * 1000:.2f}"
             value += f" (slope {t['slope'] * 1000:.2f}{ci} ms/task, 95%)"
+        if t.get("rounds"):
+            value += f" (median of {t['rounds']} rounds)"
         lines.append(f"| {what[t['target']]} | {t['workload']} | {t['path']} | {value} | {limit} | {met} |")
     return lines

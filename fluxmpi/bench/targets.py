@@ -7,7 +7,7 @@
    least-squares line through overhead vs task index rises by at most 10% of the median overhead from the first
    task to the last (its standard error is shown with it: on a shared machine, load drift moves it too).
 4. start-up: each fluxmpi path's time to first result within 1.5x of its bare baseline's (the baselines compile
-   the app too, so the start-ups compare).
+   the app too, so the start-ups compare); with --rounds N, the medians of the N rounds.
 5. flux-jobs vs htex: on mixed sizes, flux-jobs' makespan ratio at or below htex's in the same run (both admit
    by fluxmpi's node gate; Flux's own first-come order let nodes idle), i.e. their quotient at most 1.
 6. container: a +ctr row's overhead with its image's cost counted in, within 1.1x of the same path's overhead
@@ -44,9 +44,13 @@ def evaluate(bench: dict) -> list[dict]:
             out.append(_target("overhead", wl["name"], r["name"], value, OVERHEAD_LIMIT,
                                _why_missing(r, base, "overhead_median")))
             if not r.get("warm"):    # a warm run's start-up counts from its hold: not comparable
-                out.append(_target("startup", wl["name"], r["name"],
-                                   (r.get("summary") or {}).get("startup_vs_baseline"), STARTUP_LIMIT,
-                                   _why_missing(r, base, "startup")))
+                med = (entry.get("startup_median") or {}).get(r["name"])     # with --rounds: the median's
+                t = _target("startup", wl["name"], r["name"],
+                            med["vs_baseline"] if med else (r.get("summary") or {}).get("startup_vs_baseline"),
+                            STARTUP_LIMIT, _why_missing(r, base, "startup"))
+                if med and med["vs_baseline"] is not None:
+                    t["rounds"] = med["rounds"]
+                out.append(t)
         if len(set(wl.get("sizes", []))) > 1:
             for name in MAKESPAN_PATHS:
                 r = runs.get(name)

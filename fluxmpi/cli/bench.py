@@ -75,12 +75,15 @@ logger = logging.getLogger(__name__)
 @click.option("--idle-release", type=float, default=None,
               help=f"--workload bursts: idle seconds before an elastic block is given back "
                    f"[{bursts.DEFAULT_IDLE_RELEASE:g}].")
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="Run every selected path and baseline this many times, in rounds; start-up is then the median "
+                   "of the rounds (the other figures are the first round's).")
 @click.option("--compare-warm", is_flag=True,
               help="With --warm: run each launch path cold, then warm, each from powered-down nodes (an elastic "
                    "cluster), and show their time to first result side by side.")
 def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tasks, task_nodes, ranks_per_node,
           sleep, busy, seed, quick, out_dir, task_timeout, run_timeout, progress, warm, container_text,
-          scale_nodes, scale_tasks, scale_sizes, burst_count, burst_gap, idle_release, compare_warm) -> None:
+          scale_nodes, scale_tasks, scale_sizes, burst_count, burst_gap, idle_release, rounds, compare_warm) -> None:
     """Run the same MPI workloads through every launch path and the bare baselines (a loop of srun in one
     allocation; flux submit in one Flux instance), and compare per-task launch overhead, makespan against
     its lower bound, utilization and throughput.
@@ -114,6 +117,11 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             workloads = ()
         elif any(v is not None for v in (scale_nodes, scale_tasks, scale_sizes)):
             raise BenchError("--scale-nodes, --scale-tasks and --scale-sizes go with --workload scale")
+        if rounds < 1:
+            raise BenchError(f"--rounds {rounds} must be at least 1")
+        if rounds != 1 and (plan is not None or burst_plan is not None):
+            raise BenchError(f"--rounds goes with the uniform and mixed workloads, not --workload "
+                             f"{'scale' if plan is not None else 'bursts'} (run it again for another round)")
         if cluster_nodes < 1:
             raise BenchError(f"--cluster-nodes {cluster_nodes} must be at least 1")
         if cluster == "local" and "cluster_nodes" not in given_options():
@@ -154,7 +162,7 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
             else:
                 doc = run_bench(site, wls, names, out, task_timeout=task_timeout, run_timeout=run_timeout,
                                 progress=shown, command=command, log=log, warm=warm, compare_warm=compare_warm,
-                                container=container)
+                                container=container, rounds=rounds)
     except FluxmpiError as err:      # bad input (a ValueError) exits 2, a failure 1
         fail(str(err), code=exit_code(err))
     except KeyboardInterrupt:   # Ctrl-C, or the runner's RunInterrupted: the finished runs are on disk
