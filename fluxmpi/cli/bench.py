@@ -187,6 +187,9 @@ def bench(cluster, cluster_name, cluster_nodes, partition, paths, workloads, tas
                    + ", ".join(Path(p).name for p in doc.get("plots", [])), err=True)
         failed = [f"{e['workload']['name']}/{r['name']}" for e in doc["workloads"] for r in e["runs"]
                   if r["status"] == "failed"]
+        failed += [f"{e['workload']['name']}/{name} (round {r['round']})" for e in doc["workloads"]
+                   for name, seen in (e.get("startup_rounds") or {}).items() for r in seen
+                   if r["round"] > 1 and r["status"] == "failed"]
     if failed:
         click.echo(f"fluxmpi: failed runs: {', '.join(failed)}", err=True)
     raise SystemExit(1 if failed else 0)
