@@ -193,7 +193,10 @@ def healthy(cluster, site):
                 revived.append(node)
         for node in cluster.layout.node_names:
             try:
-                faults.wait_node_state(cluster, node, ("idle",), 10 if node in revived else 120, responding=True)
+                # 60 s: a job ending (Slurm's KillWait) or a link just back (SlurmdTimeout) is over by then; what
+                # holds a node longer (seen once: 120 s in the suite after the drained-node test, 2.7 s alone) the
+                # DOWN+RESUME below lets go of at once.
+                faults.wait_node_state(cluster, node, ("idle",), 10 if node in revived else 60, responding=True)
             except faults.FaultError:   # a revived node Slurm still holds a dead job on: up to a minute otherwise
                 held = cluster.run(["squeue", "-h", "-w", node, "-o", "%i"], timeout=30).stdout.split()
                 if held:             # a job that came after the first look
