@@ -357,3 +357,18 @@ def test_a_returned_node_gets_its_own_instance_as_a_step_of_its_block_job():
     assert "--nodes=1" in argv and "--no-kill" in argv and argv[-2:] == ["start", "-Stbon.tcp_user_timeout=10s"]
     with pytest.raises(ValueError, match="not an srun broker step"):
         rejoin_step(["mpiexec", "-n", "1", "flux", "start"], "1", "n3")
+
+
+def test_fluxmpi_run_says_which_lost_nodes_came_back_and_run_json_keeps_it(capsys):
+    from fluxmpi.cli.run import _report_failures
+    from fluxmpi.runner import RunResult
+
+    back = "back 16s after Flux lost it; taking tasks again 1.2s later in top-up block 1 (Slurm job 2)"
+    result = RunResult(path="flux-jobs", site="local:x", workdir="/w", t_start=0.0, t_loaded=0.0, t_compiled=None,
+                       t_first_result=None, t_end=1.0, lost_nodes={"n2": "Slurm lists it allocated*"},
+                       nodes_back={"n2": back})
+    _report_failures(result)
+    err = capsys.readouterr().err
+    assert "fluxmpi: node n2 was lost during the run: Slurm lists it allocated*" in err
+    assert f"fluxmpi: node n2 came back: {back}" in err
+    assert result.to_json()["nodes_back"] == {"n2": back}
