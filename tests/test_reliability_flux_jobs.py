@@ -99,9 +99,10 @@ def test_flux_jobs_nodes_back_after_a_long_outage_run_tasks_again_before_the_run
         cluster, site, healthy, tmp_path):
     """Two busy non-first nodes of a 4-node block are lost: one's link is down 25 s (link timeout 10 s), the other
     is killed and powered on again once Slurm has set it DOWN. Flux drops both brokers for good; their tasks rerun
-    on the two nodes left. The cut node stays in the block's job (Slurm lists it not responding, then usable):
-    the executor starts a Flux instance on it alone as a step of that job. The killed node leaves the job (a
-    `--no-kill` job loses a node Slurm sets DOWN): once it is back, a top-up block of one free node takes it.
+    on the two nodes left. The cut node mostly stays in the block's job (Slurm lists it not responding, then
+    usable): the executor starts a Flux instance on it alone as a step of that job. The killed node leaves the job
+    (a `--no-kill` job loses a node Slurm sets DOWN): once it is back, a top-up block of free nodes takes it (and
+    the cut node too, when Slurm set that one DOWN as well).
     Either way the queued work is spread over every instance and both nodes run tasks again well before the run
     ends, not after rejoin_after (300 s) or the block's end."""
     def two_faults(box):
@@ -129,7 +130,10 @@ def test_flux_jobs_nodes_back_after_a_long_outage_run_tasks_again_before_the_run
                            for t in retried), [t.earlier_errors for t in retried]
     assert {cut, killed} <= set(result.lost_nodes), result.lost_nodes
     records = placement.read_records(tmp_path / "records").records
-    for host, back, how in ((cut, box["epoch"] + OUTAGE, "a Flux instance of its own inside block"),
+    # The cut node stays in the block's job unless Slurm set it DOWN meanwhile (seen in 1 run of 4): then a
+    # top-up block takes it too. The killed node is always set DOWN, so it always comes back in a top-up block.
+    in_job = "a Flux instance of its own inside block" in result.nodes_back.get(cut, "")
+    for host, back, how in ((cut, box["epoch"] + OUTAGE, "inside block" if in_job else "top-up block"),
                             (killed, box["revived"], "top-up block")):
         again = sorted(r.t_start for r in records if r.host == host and r.t_start and r.t_start > back)
         print(f"{host} back at +{back - box['epoch']:.1f}s: first task since {again[0] - back:.1f}s later, "
@@ -139,7 +143,7 @@ def test_flux_jobs_nodes_back_after_a_long_outage_run_tasks_again_before_the_run
         assert again[0] - back < 30, f"{host} took its first task {again[0] - back:.1f}s after it was back"
         assert how in result.nodes_back.get(host, ""), result.nodes_back
     print(f"nodes back: {result.nodes_back}")
-    # The run's block and the killed node's top-up; the cut node's instance ran inside the run's block.
+    # The run's block and one top-up (the cut node's own instance, if any, ran inside the run's block's job).
     assert len(result.blocks) == 2, result.blocks
     assert result.placement_ok, result.placement_report
 
