@@ -758,15 +758,10 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         return False
 
     def _hosts_of(self, blocks: list[_Block]) -> dict[str, str]:
-        """{host: "in block N"} of the nodes the blocks' jobs hold (Slurm's view)."""
-        ids = [b.job_id for b in blocks if b.job_id]
-        states = slurm_client.job_states(ids) if ids and self._batch is slurm_client else {}
-        found = {}
-        for b in blocks:
-            nodes = (states.get(b.job_id) or {}).get("nodes", "")
-            for host in slurm_client.expand_hostlist(nodes):
-                found[host] = f"held by block {b.block_id} of this run"
-        return found
+        """{host: "held by block N"} of the nodes the blocks' jobs hold (Slurm's view; none asked on PBS)."""
+        ids = sorted({b.job_id for b in blocks if b.job_id})
+        held = slurm_nodes_of(ids) if self._batch is slurm_client else {}
+        return {host: f"held by block {b.block_id} of this run" for b in blocks for host in held.get(b.job_id, ())}
 
     def _move_queued_to(self, top_up: _Block) -> None:
         """Take back the jobs the other blocks' Flux has not started (they wait for nodes there), so that the

@@ -77,5 +77,5 @@ def rejoin_step(broker_step: list[str], job_id: str, host: str) -> list[str]:
 def slurm_nodes_of(job_ids: list[str]) -> dict[str, list[str]]:
     """{job id: the hosts its allocation holds now} as squeue lists them (a --no-kill job loses a node Slurm set
     DOWN)."""
-    states = slurm_client.job_states(job_ids) if job_ids else {}
+    states = slurm_client.job_states(sorted(set(job_ids))) if job_ids else {}
     return {j: slurm_client.expand_hostlist(s.get("nodes", "")) for j, s in states.items()}
