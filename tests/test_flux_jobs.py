@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import parsl
@@ -288,19 +289,21 @@ def test_admission_sends_mixed_sizes_as_the_node_gate_would_and_one_size_at_once
     def req(nodes, exclusive=True, task="t"):
         args, kw = _call(spec=MPITaskSpec(nodes=nodes, ranks_per_node=1, exclusive=exclusive), task=task)
         return mpi_request(run_mpi_task, None, args, kw, tmp_path)
+    def held(*reqs):      # what a block holds: node-holding jobs counted by size
+        return Counter(r.spec.nodes for r in reqs)
     waiting = [req(1), req(3), req(2), req(4)]
     # 4 free nodes: the 4-node task alone (largest first), not the 1- and 3-node tasks ahead of it.
-    assert admit(waiting, [], 4) == [3]
+    assert admit(waiting, {}, 4) == [3]
     # A 2-node job holds two of the 4 nodes: the largest that fits the other two is the 2-node task.
-    assert admit(waiting, [req(2)], 4) == [2]
-    assert admit(waiting, [req(2)], 4, "in-order") == [0]          # the earliest that fits, then nothing else fits
-    assert admit(waiting, [req(3)], 3) == []                        # none fits beside it: they wait here
+    assert admit(waiting, held(req(2)), 4) == [2]
+    assert admit(waiting, held(req(2)), 4, "in-order") == [0]          # the earliest that fits, then nothing else fits
+    assert admit(waiting, held(req(3)), 3) == []                        # none fits beside it: they wait here
     # One size everywhere: Flux's own order is the gate's, so all go at once (no round trip per task).
-    assert admit([req(2), req(2), req(2)], [req(2), req(2)], 4) == [0, 1, 2]
+    assert admit([req(2), req(2), req(2)], held(req(2), req(2)), 4) == [0, 1, 2]
     # Tasks that share their nodes, and the run's Python calls, go at once whatever the gate holds.
     py = python_request("parsl-1", {}, "python3", tmp_path)
-    assert admit([req(4), req(1, exclusive=False), py, req(2)], [req(3)], 4) == [1, 2]
-    assert admit([req(1), req(4)], [], 3) == [0]     # a task larger than the nodes usable is never sent
+    assert admit([req(4), req(1, exclusive=False), py, req(2)], held(req(3)), 4) == [1, 2]
+    assert admit([req(1), req(4)], {}, 3) == [0]     # a task larger than the nodes usable is never sent
 
 
 def test_a_flux_ssh_that_is_a_command_line_is_refused(tmp_path):
@@ -437,9 +440,9 @@ def test_with_several_blocks_each_gets_two_waves_and_the_rest_bring_another_bloc
     from fluxmpi.launch.flux.jobs import QUEUE_DEPTH, admit
     waiting = [mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=1, ranks_per_node=1), task=f"w{i}"),
                            tmp_path) for i in range(7)]
-    assert admit(waiting, [], 2) == list(range(7))                  # one block: all of one size go at once
-    assert admit(waiting, [], 2, depth=QUEUE_DEPTH) == [0, 1, 2, 3]   # several: twice its nodes
-    assert admit(waiting, waiting[:3], 2, depth=QUEUE_DEPTH) == [0]
+    assert admit(waiting, {}, 2) == list(range(7))                  # one block: all of one size go at once
+    assert admit(waiting, {}, 2, depth=QUEUE_DEPTH) == [0, 1, 2, 3]   # several: twice its nodes
+    assert admit(waiting, {1: 3}, 2, depth=QUEUE_DEPTH) == [0]
 
     ex = _elastic_executor(tmp_path, max_blocks=2)
     ex._blocks = [_block("0")]

@@ -147,6 +147,33 @@ def test_gate_admits_by_its_policy(policy, order):
     assert _gated_run(policy, [4, 1, 1, 3, 3]) == order
 
 
+@pytest.mark.parametrize("policy", ["largest-first", "in-order"])
+def test_gate_picks_as_pick_next_over_all_waiting_tasks_would(policy):
+    """The gate keeps one queue per size; its choice must be pick_next's over the whole queue in submission
+    order, a task whose walltime no longer fits the time left counting as too large."""
+    import random
+    from concurrent.futures import Future
+
+    from fluxmpi.launch.gate import NodeGate, fits_in, pick_next
+    rng = random.Random(7)
+    gate = NodeGate(8, policy=policy)
+    gate.free = 0                                   # nothing is admitted while the queue fills
+    tasks = [(rng.randint(1, 8), rng.choice([None, None, 30.0, 300.0])) for _ in range(300)]
+    for i, (nodes, seconds) in enumerate(tasks):
+        gate.submit(nodes, Future, label=f"t{i}", seconds=seconds)
+    left_queue = list(range(len(tasks)))
+    while left_queue:
+        gate.free, left = rng.randint(0, 8), rng.choice([None, 100.0, 1000.0])
+        needs = [tasks[i][0] if fits_in(tasks[i][1], left) else gate.capacity + 1 for i in left_queue]
+        k = pick_next(needs, gate.free, policy)
+        with gate._lock:
+            item = gate._next(left)
+        assert (item.label if item else None) == (f"t{left_queue[k]}" if k is not None else None)
+        if k is not None:
+            del left_queue[k]
+    assert gate.waiting == 0 and gate.smallest_waiting() is None
+
+
 def test_gate_refuses_an_unknown_policy():
     from fluxmpi.launch.gate import NodeGate
     with pytest.raises(SpecError, match="'smallest-first' is not known"):

@@ -283,6 +283,22 @@ def test_interim_run_json_holds_every_task_as_asdict_would_and_remakes_only_the_
     assert changed == ["t1"], changed
 
 
+def test_the_final_run_json_is_the_results_to_json_made_from_the_kept_task_texts(tmp_path):
+    from fluxmpi import runner
+    outcomes = [runner.TaskOutcome(f"t{i}", SPEC.to_dict(), submitted=1.0, returned=2.0, ok=True,
+                                   result={"hosts": [f"n{i}"]}) for i in range(3)]
+    outcomes[2].ok, outcomes[2].error = False, "rank 1 on n2 exited 3"
+    writer = runner._RunJsonWriter("flux-jobs", "local:x", tmp_path, 0.0, outcomes, 1, {})
+    writer.write_interim()
+    result = runner.RunResult(path="flux-jobs", site="local:x", workdir=str(tmp_path), t_start=0.0, t_loaded=0.5,
+                              t_compiled=None, t_first_result=2.0, t_end=3.0, tasks=list(outcomes),
+                              placement_ok=True, blocks={"7": {"state": "COMPLETED"}}, usage={"paid": 4.0})
+    data = json.loads(writer._final_text(result))
+    assert data == json.loads(json.dumps(result.to_json(), default=str))
+    assert data["complete"] is True and data["ok"] is False and data["tasks"][2]["error"] == "rank 1 on n2 exited 3"
+    assert all(writer._texts[id(o)][1] in writer._final_text(result) for o in outcomes)    # no task dumped again
+
+
 def test_a_launch_is_done_only_when_every_rank_left_its_record(tmp_path):
     """srun was seen exiting 0 after a node of its step was killed mid-run: the rank there left no record. The
     task fails naming that rank and the node the launcher put it on (ranks_per_node consecutive ranks a node)."""

@@ -21,13 +21,14 @@ admitted as before.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..spec import SpecError
 
@@ -55,6 +56,7 @@ def pick_next(needs: Sequence[int], free: int, policy: str = "largest-first") ->
 
 # Seconds a task may take from admission to running, counted against its block's time left.
 START_SLACK = 2.0
+ADMITTER_IDLE_EXIT = 5.0   # seconds the admitting thread waits for work before it ends (a new one starts on demand)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class _Waiting:
     proxy: Future
     label: str
     seconds: float | None = None      # the task's declared walltime
+    seq: int = 0                      # submission order
 
 
 def fits_in(seconds: float | None, left: float | None) -> bool:
@@ -73,7 +76,11 @@ def fits_in(seconds: float | None, left: float | None) -> bool:
 
 class NodeGate:
     """Admits tasks into `capacity` nodes. `limit` (the configured block size) is what a task may ask for at
-    most; `capacity` may be less while a block is shrunken (fluxmpi.launch.shaping): larger tasks then wait."""
+    most; `capacity` may be less while a block is shrunken (fluxmpi.launch.shaping): larger tasks then wait.
+
+    Waiting tasks are kept in one queue per size (in submission order), so an admission looks at the head of each
+    size, not at every waiting task: with thousands waiting, a pass over all of them per submission and per
+    finished task made the driver's CPU per task grow with the run (docs/benchmarks.md, Scale)."""
 
     def __init__(self, capacity: int, what: str = "block", policy: str = "largest-first",
                  time_left: Callable[[], float | None] | None = None):
@@ -83,8 +90,13 @@ class NodeGate:
         self.time_left = time_left        # seconds the block has left, None when unknown (see the module doc)
         self.limit = capacity
         self.free = capacity
-        self._queue: deque[_Waiting] = deque()
+        self._by_size: dict[int, deque[_Waiting]] = {}
+        self._count = 0                  # tasks waiting
+        self._timed = 0                  # ... of which declare a walltime
+        self._seq = itertools.count()
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._admitter: threading.Thread | None = None
 
     def submit(self, nodes: int, start: Callable[[], Future], label: str = "task",
                seconds: float | None = None) -> Future:
@@ -96,23 +108,31 @@ class NodeGate:
                 f"Ask for at most {self.limit} nodes, or give the {self.what} more nodes (--nodes-per-block)")
         proxy: Future = Future()
         with self._lock:
-            self._queue.append(_Waiting(nodes, start, proxy, label, seconds))
+            self._by_size.setdefault(nodes, deque()).append(_Waiting(nodes, start, proxy, label, seconds,
+                                                                     next(self._seq)))
+            self._count += 1
+            self._timed += seconds is not None
         self._admit()
         return proxy
 
     @property
     def waiting(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return self._count
+
+    def _all_waiting(self) -> Iterator[_Waiting]:
+        return itertools.chain.from_iterable(self._by_size.values())
 
     def idle_and_outlasted(self) -> list[str]:
         """Labels of the waiting tasks when nothing runs and none of them fits the block's time left (the block
         can take none of them: ending it brings a fresh one sooner); [] otherwise."""
         left = self.time_left() if self.time_left else None
         with self._lock:
-            if not self._queue or self.free < self.capacity or any(fits_in(w.seconds, left) for w in self._queue):
+            if not self._count or self.free < self.capacity or any(fits_in(w.seconds, left)
+                                                                    for w in self._all_waiting()):
                 return []
-            return [f"{w.label}, a walltime of {w.seconds:.0f}s" for w in self._queue]
+            return [f"{w.label}, a walltime of {w.seconds:.0f}s" for w in sorted(self._all_waiting(),
+                                                                                key=lambda w: w.seq)]
 
     def poke(self) -> None:
         """Admit what fits now (after the block's time left changed: a fresh block started)."""
@@ -121,7 +141,7 @@ class NodeGate:
     def smallest_waiting(self) -> int | None:
         """Nodes of the smallest task not yet admitted, or None when none waits."""
         with self._lock:
-            return min((w.nodes for w in self._queue), default=None)
+            return min((size for size, q in self._by_size.items() if q), default=None)
 
     def resize(self, capacity: int) -> None:
         """The block now has `capacity` nodes (1 to limit): tasks already admitted keep theirs."""
@@ -132,17 +152,33 @@ class NodeGate:
             self.capacity = capacity
         self._admit()
 
+    def _next(self, left: float | None) -> _Waiting | None:
+        """Take the task to admit now, by the policy (see pick_next), or None. Called with the lock held. A task
+        whose walltime no longer fits the block's time left is passed over, as one too large."""
+        heads = []                 # per size that fits the free nodes: its earliest task that fits the time
+        for size, queue in self._by_size.items():
+            if size <= self.free and queue:
+                head = next(((j, w) for j, w in enumerate(queue) if fits_in(w.seconds, left)), None)
+                if head is not None:
+                    heads.append((size, head))
+        if not heads:
+            return None
+        if self.policy == "in-order":
+            size, (j, item) = min(heads, key=lambda h: h[1][1].seq)
+        else:
+            size, (j, item) = max(heads, key=lambda h: h[0])    # one head per size: the earliest of the largest
+        del self._by_size[size][j]       # j is 0 unless a timed task ahead of it no longer fits
+        self._count -= 1
+        self._timed -= item.seconds is not None
+        return item
+
     def _admit(self) -> None:
         ready = []
         with self._lock:
-            timed = any(w.seconds is not None for w in self._queue)
+            timed = self._timed > 0
         left = self.time_left() if self.time_left and timed else None    # asked only when a task declares one
         with self._lock:
-            # A task whose walltime no longer fits the block's time left is passed over, as one too large.
-            while (i := pick_next([w.nodes if fits_in(w.seconds, left) else self.capacity + 1 for w in self._queue],
-                                  self.free, self.policy)) is not None:
-                item = self._queue[i]
-                del self._queue[i]
+            while (item := self._next(left)) is not None:
                 self.free -= item.nodes
                 ready.append(item)
         for item in ready:
@@ -165,7 +201,23 @@ class NodeGate:
         else:
             item.proxy.set_result(inner.result())
         # Admit the next tasks off Parsl's callback thread: submitting from inside it re-enters the DFK.
-        threading.Thread(target=self._admit, name="fluxmpi-gate", daemon=True).start()
+        with self._lock:
+            self._wake.set()
+            if self._admitter is None:
+                self._admitter = threading.Thread(target=self._admit_loop, name="fluxmpi-gate", daemon=True)
+                self._admitter.start()
+
+    def _admit_loop(self) -> None:
+        """One thread admits after tasks finish (not one thread per finished task); it ends when idle."""
+        while True:
+            if not self._wake.wait(ADMITTER_IDLE_EXIT):
+                with self._lock:
+                    if not self._wake.is_set():    # no finish since: end (the next one starts a new thread)
+                        self._admitter = None
+                        return
+                continue
+            self._wake.clear()
+            self._admit()
 
     def _release(self, nodes: int) -> None:
         with self._lock:
@@ -174,7 +226,8 @@ class NodeGate:
     def cancel_waiting(self) -> int:
         """Fail every task not yet admitted (on shutdown); returns how many."""
         with self._lock:
-            items, self._queue = list(self._queue), deque()
+            items = sorted(self._all_waiting(), key=lambda w: w.seq)
+            self._by_size, self._count, self._timed = {}, 0, 0
         for item in items:
             item.proxy.cancel()
         return len(items)

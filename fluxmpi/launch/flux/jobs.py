@@ -60,10 +60,11 @@ import shlex
 import subprocess
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from parsl.config import Config
 from parsl.executors.status_handling import BlockProviderExecutor
@@ -141,6 +142,7 @@ class _Block:
     instance: dict | None = None
     ends: float | None = None                    # wall-clock time its instance shuts down (None: unknown)
     sent: dict = field(default_factory=dict)     # id(future) -> (request, future) of jobs sent to its instance
+    held: Counter = field(default_factory=Counter)   # task size -> node-holding jobs of that size in `sent`
     lost_hosts: frozenset = frozenset()          # hosts whose broker Flux lost: its later jobs avoid them
     ended: str | None = None                     # why it is over, once it is
     finished: int = 0                            # tasks that ended well in it
@@ -173,9 +175,23 @@ class _Block:
     def fits_time(self, req: JobRequest) -> bool:
         return req.walltime is None or req.walltime + START_SLACK <= self.time_left()
 
-    def held_nodes(self) -> list[JobRequest]:
-        """The jobs sent here that hold whole nodes (running or queued in Flux)."""
-        return [req for req, _ in self.sent.values() if holds_nodes(req)]
+    def send(self, req: JobRequest, fut: Future) -> None:
+        self.sent[id(fut)] = (req, fut)
+        if holds_nodes(req):
+            self.held[req.spec.nodes] += 1
+
+    def unsend(self, fut: Future) -> None:
+        req, _ = self.sent.pop(id(fut), (None, None))
+        if req is not None and holds_nodes(req):
+            self.held[req.spec.nodes] -= 1
+            if not self.held[req.spec.nodes]:
+                del self.held[req.spec.nodes]
+
+    def held_nodes(self) -> int:
+        """Nodes asked for by the jobs sent here that hold whole nodes (running or queued in Flux). Kept as counts
+        per size, not found by a pass over `sent`: that pass ran for each task submitted while thousands were
+        queued in Flux, so the run's CPU grew with the square of its tasks."""
+        return sum(size * n for size, n in self.held.items())
 
 
 def holds_nodes(req: JobRequest) -> bool:
@@ -183,17 +199,19 @@ def holds_nodes(req: JobRequest) -> bool:
     return req.kind != "python" and req.spec.exclusive
 
 
-def admit(waiting: list[JobRequest], held: list[JobRequest], nodes: int, policy: str = "largest-first",
+def admit(waiting: list[JobRequest], held: Mapping[int, int], nodes: int, policy: str = "largest-first",
           depth: float | None = None) -> list[int]:
     """Indices into `waiting` of the requests to send to an instance of `nodes` usable nodes, in sending order,
-    where `held` are the node-holding jobs already there (see the module docstring's Admission). depth: at most
-    this many times `nodes` in node-holding jobs sent and held (None: no limit, one block takes everything)."""
+    where `held` counts the node-holding jobs already there by size ({nodes: jobs}; see the module docstring's
+    Admission). depth: at most this many times `nodes` in node-holding jobs sent and held (None: no limit, one
+    block takes everything)."""
     shared = [i for i, r in enumerate(waiting) if not holds_nodes(r)]
     gated = [i for i, r in enumerate(waiting) if holds_nodes(r)]
-    if len({waiting[i].spec.nodes for i in gated} | {r.spec.nodes for r in held}) <= 1:
+    held_nodes = sum(size * n for size, n in held.items())
+    if len({waiting[i].spec.nodes for i in gated} | {size for size, n in held.items() if n}) <= 1:
         if depth is None:
             return shared + gated     # one size: first come, first served is the gate's order too
-        room = depth * nodes - sum(r.spec.nodes for r in held)
+        room = depth * nodes - held_nodes
         queued = []
         for i in gated:               # the next waves queue in Flux (no round trip), the rest stay for other blocks
             if waiting[i].spec.nodes > room:
@@ -201,7 +219,7 @@ def admit(waiting: list[JobRequest], held: list[JobRequest], nodes: int, policy:
             room -= waiting[i].spec.nodes
             queued.append(i)
         return shared + queued
-    free = nodes - sum(r.spec.nodes for r in held)
+    free = nodes - held_nodes
     chosen = []
     while (k := pick_next([waiting[i].spec.nodes for i in gated], free, policy)) is not None:
         i = gated.pop(k)
@@ -601,17 +619,19 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             waiting = [(req, fut) for req, fut in self._waiting if not fut.done()]
             for b in blocks:
+                if not waiting:       # called per submit and per finished job: nothing to place is the usual case
+                    break
                 if b in ending or b.ended:
                     continue
                 fitting, keep = [], []
                 for req, fut in waiting:
                     fits = b.fits_time(req) and req.spec.nodes <= b.usable_nodes()
                     (fitting if fits else keep).append((req, fut))
-                picked = set(admit([req for req, _ in fitting], b.held_nodes(), b.usable_nodes(), self.admission,
+                picked = set(admit([req for req, _ in fitting], b.held, b.usable_nodes(), self.admission,
                                    depth))
                 for i, (req, fut) in enumerate(fitting):
                     if i in picked:
-                        b.sent[id(fut)] = (req, fut)
+                        b.send(req, fut)
                         sends.append((b, req, fut))
                 waiting = [item for item in waiting if id(item[1]) not in b.sent]
                 if keep and not b.sent and len(keep) == len(waiting):
@@ -752,8 +772,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         if any(req.spec.nodes <= nodes for req, fut in self._waiting if not fut.done()):
             return True
         for b in blocks:
-            held = b.held_nodes()
-            if sum(r.spec.nodes for r in held) > b.usable_nodes() and any(r.spec.nodes <= nodes for r in held):
+            if b.held_nodes() > b.usable_nodes() and any(size <= nodes for size in b.held):
                 return True
         return False
 
@@ -768,7 +787,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
         dispatch spreads them over every block, the top-up included."""
         with self._lock:
             others = [b for b in self._blocks if b is not top_up and b.taking_jobs()
-                      and sum(r.spec.nodes for r in b.held_nodes()) > b.usable_nodes()]
+                      and b.held_nodes() > b.usable_nodes()]
         for b in others:
             logger.info("%s: taking back the jobs queued in block %s for the top-up block %s", self.label,
                         b.block_id, top_up.block_id)
@@ -821,7 +840,7 @@ class FluxJobsExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _ended(self, b: _Block, req: JobRequest, fut: Future, end: JobEnd, env_file: str | None) -> None:
         with self._lock:
-            b.sent.pop(id(fut), None)
+            b.unsend(fut)
             b.last_busy = time.time()
         if fut.done():
             return
