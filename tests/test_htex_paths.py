@@ -174,6 +174,35 @@ def test_gate_picks_as_pick_next_over_all_waiting_tasks_would(policy):
     assert gate.waiting == 0 and gate.smallest_waiting() is None
 
 
+def test_gate_admits_after_finishes_on_one_thread_that_ends_when_idle_and_comes_back(monkeypatch):
+    from concurrent.futures import Future
+
+    from fluxmpi.launch import gate as gate_module
+    monkeypatch.setattr(gate_module, "ADMITTER_IDLE_EXIT", 0.2)
+    gate, inner = gate_module.NodeGate(1), []
+
+    def start():
+        inner.append(Future())
+        return inner[-1]
+    proxies = [gate.submit(1, start, label=f"t{i}") for i in range(3)]
+    assert len(inner) == 1 and gate.waiting == 2
+    inner[0].set_result(0)                       # t0 ends: the admitting thread starts t1
+    deadline = time.monotonic() + 5
+    while len(inner) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = gate._admitter
+    assert len(inner) == 2 and first is not None and first.name == "fluxmpi-gate"
+    while gate._admitter is not None and time.monotonic() < deadline:   # nothing ends: it ends itself
+        time.sleep(0.05)
+    first.join(1)
+    assert gate._admitter is None and not first.is_alive()
+    inner[1].set_result(1)                       # a new one comes for the next finish
+    while len(inner) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    inner[2].set_result(2)
+    assert [p.result(timeout=5) for p in proxies] == [0, 1, 2] and gate.waiting == 0
+
+
 def test_gate_refuses_an_unknown_policy():
     from fluxmpi.launch.gate import NodeGate
     with pytest.raises(SpecError, match="'smallest-first' is not known"):
