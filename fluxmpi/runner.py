@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -54,7 +54,8 @@ COMPILE_TIMEOUT = 300.0
 CLEANUP_TIMEOUT = 60.0
 CANCEL_TIMEOUT = 30.0   # seconds to wait for cancelled blocks to leave squeue's active states
 WATCH_PERIOD = 5.0      # seconds between looks at the blocks' Slurm jobs
-RUN_JSON_PERIOD = 1.0   # seconds: run.json is at most this much behind the tasks that finished
+RUN_JSON_PERIOD = 1.0   # seconds: run.json is at most this much behind the tasks that finished (see below)
+RUN_JSON_CPU_SHARE = 0.01   # ... unless a rewrite costs more than this share of a core at that pace: then rarer
 
 
 class RunError(FluxmpiError, RuntimeError):
@@ -438,7 +439,7 @@ def run_tasks(path: str | LaunchPath, site: Site, specs: list[MPITaskSpec], *, a
                 fut = app_futures[tid] = run_app(spec.to_dict(), lp.launcher_on(site), argv, tid, limit, **task_kw,
                                                  **extra, **kwargs, records=str(records_dir))
                 fut.add_done_callback(lambda f, o=outcome: (_record(o, f, app_futures.get(o.task), failures),
-                                                            writer.note_change()))
+                                                            writer.note_change(o)))
                 futures[fut] = outcome
                 outcomes.append(outcome)
             outcomes.sort(key=lambda o: index[o.task])
@@ -483,7 +484,10 @@ class _RunJsonWriter:
     Not after every task: the file is rewritten whole, so that costs O(tasks) each time, and the callbacks it ran
     in are where the flux-jobs executor follows Flux's journal. Measured with py-spy on 200 one-node tasks (8
     nodes): those rewrites were 3/4 of the driver's busy samples. A background thread writes instead, coalescing
-    the changes of each period, and each task's JSON is made again only when the task changed (_task_text)."""
+    the changes of each period, and each task's JSON is made again only when the runner said the task changed
+    (note_change). A rewrite still costs O(tasks) (the join and the write): on 2,000 tasks it was a third of the
+    HTEX driver's busy samples over a 5-minute run, so the next rewrite waits at least 1/RUN_JSON_CPU_SHARE
+    times what the last one cost (a 20 ms rewrite: 2 s)."""
 
     def __init__(self, path: str, site: str, workdir: Path, t_start: float, outcomes: list[TaskOutcome],
                  retries: int, index: dict[str, int], block_walltime: int | None = None):
@@ -494,14 +498,19 @@ class _RunJsonWriter:
         self._changed, self._finished = threading.Event(), threading.Event()
         self._flusher: threading.Thread | None = None
         self._texts: dict[int, tuple] = {}      # id(outcome) -> (what it was, its JSON)
+        self._dirty: set[int] = set()           # id(outcome) of the tasks changed since the last rewrite
+        self._cost = 0.0                        # CPU seconds the last interim rewrite took
 
     def _dump_text(self, text: str) -> None:
         write_json_text(RunDir.at(self.workdir).run_json, text)
 
-    def note_change(self) -> None:
-        """A task finished: run.json is rewritten within RUN_JSON_PERIOD s (by one background thread)."""
+    def note_change(self, outcome: TaskOutcome | None = None) -> None:
+        """A task finished (`outcome`, changed): run.json is rewritten within RUN_JSON_PERIOD s, or later if that
+        would cost more than RUN_JSON_CPU_SHARE of a core (by one background thread)."""
         self._changed.set()
         with self._lock:
+            if outcome is not None:
+                self._dirty.add(id(outcome))
             if self._flusher is None and not self._finished.is_set():
                 self._flusher = threading.Thread(target=self._flush_loop, name="fluxmpi-run-json", daemon=True)
                 self._flusher.start()
@@ -512,26 +521,31 @@ class _RunJsonWriter:
             if self._changed.is_set() and not self._finished.is_set():
                 self._changed.clear()
                 self.write_interim()
-            self._finished.wait(RUN_JSON_PERIOD)
+            self._finished.wait(max(RUN_JSON_PERIOD, self._cost / RUN_JSON_CPU_SHARE))
 
     def write_interim(self) -> None:
         with self._lock:
             if self._finished.is_set():    # the final run.json is written: never overwrite it
                 return
+            began, (dirty, self._dirty) = time.thread_time(), (self._dirty, set())
             head = json.dumps({"path": self.path, "site": self.site, "workdir": str(self.workdir),
                                "t_start": self.t_start, "complete": False, "retries": self.retries,
                                "block_walltime": self.block_walltime})
-            tasks = ",\n".join(self._task_text(o) for o in list(self.outcomes))
+            tasks = ",\n".join(self._task_text(o, check=id(o) in dirty) for o in list(self.outcomes))
             self._dump_text(f'{head[:-1]}, "tasks": [\n{tasks}\n]}}\n')
+            self._cost = time.thread_time() - began
 
-    def _task_text(self, o: TaskOutcome) -> str:
-        """One task's JSON, made again only when a field that changes as it runs has changed: serializing every
-        task at each rewrite grew with the run (2,000 finished tasks: ~0.27 s of CPU a rewrite, measured with
-        dataclasses.asdict and json.dumps), and most tasks do not change between two rewrites."""
+    def _task_text(self, o: TaskOutcome, check: bool = True) -> str:
+        """One task's JSON, made again only when a field that changes as it runs has changed (check=False: the
+        kept one, if any, unchecked): serializing every task at each rewrite grew with the run (2,000 finished
+        tasks: ~0.27 s of CPU a rewrite, measured with dataclasses.asdict and json.dumps), and most tasks do not
+        change between two rewrites."""
+        kept = self._texts.get(id(o))
+        if kept is not None and not check:
+            return kept[1]
         # New values are assigned, never changed in place, so the ids of the lists and the result tell a change.
         now = (o.returned, o.ok, o.error, id(o.result), o.admitted, o.attempts, id(o.earlier_errors),
                id(o.lost_pool_hosts), o.skipped)
-        kept = self._texts.get(id(o))
         if kept is None or kept[0] != now:
             kept = self._texts[id(o)] = (now, json.dumps({f.name: getattr(o, f.name) for f in fields(o)},
                                                          default=str))
@@ -725,27 +739,44 @@ def _wait_all(futures: dict[Future, TaskOutcome], timeout: float, on_progress,
               watch: BlockWatch | None = None, on_look: Callable[[], object] | None = None) -> None:
     deadline = time.monotonic() + timeout
     next_look = time.monotonic() + WATCH_PERIOD
-    pending = set(futures)
-    while pending:
+    # Each future counts itself done (concurrent.futures.wait over every pending future once a second costs
+    # O(pending) each time: ~3 ms a second with 2,000 pending, for the whole run).
+    all_done, lock, left_over = threading.Event(), threading.Lock(), [len(futures)]
+
+    def one_done(_fut: Future) -> None:
+        with lock:
+            left_over[0] -= 1
+            if left_over[0] == 0:
+                all_done.set()
+    if not futures:
+        all_done.set()
+    for fut in futures:
+        fut.add_done_callback(one_done)      # runs at once for a future already done
+    while not all_done.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
-            _give_up(futures, pending, f"not finished when the run's time limit ({timeout:.0f}s) ran out")
+            _give_up(futures, _not_done(futures), f"not finished when the run's time limit ({timeout:.0f}s) ran out")
             return
-        done, pending = wait(pending, timeout=min(left, 1.0))
+        all_done.wait(min(left, 1.0))
+        pending = left_over[0]
         if on_progress:
-            on_progress(len(futures) - len(pending), len(futures))
+            on_progress(len(futures) - pending, len(futures))
         if watch is not None and pending and time.monotonic() >= next_look:
             next_look = time.monotonic() + WATCH_PERIOD
             if on_look:
                 on_look()
             reason = watch.check()
             if reason:
-                _give_up(futures, pending, f"not run: {reason}")
+                _give_up(futures, _not_done(futures), f"not run: {reason}")
                 return
             notice = watch.waiting_notice()
             if notice:
-                logger.warning("%d task(s) waiting: %s", len(pending), notice)
-                print(f"fluxmpi: {len(pending)} task(s) waiting: {notice}", file=sys.stderr, flush=True)
+                logger.warning("%d task(s) waiting: %s", pending, notice)
+                print(f"fluxmpi: {pending} task(s) waiting: {notice}", file=sys.stderr, flush=True)
+
+
+def _not_done(futures: dict[Future, TaskOutcome]) -> list[Future]:
+    return [fut for fut in futures if not fut.done()]
 
 
 def _give_up(futures: dict[Future, TaskOutcome], pending, reason: str) -> None:

@@ -274,13 +274,17 @@ def test_interim_run_json_holds_every_task_as_asdict_would_and_remakes_only_the_
     t1 = outcomes[1]
     t1.returned, t1.ok, t1.result, t1.attempts, t1.earlier_errors = 2.0, True, {"hosts": ["n1"]}, 2, ["rank 0 failed"]
     texts_before = dict(writer._texts)
+    t0 = outcomes[0]
+    t0.error = "changed, but the runner did not say so"      # not remade until it is said (or at the end)
+    writer.note_change(t1)
     writer.write_interim()
     data = json.loads(run_json.read_text())
     assert data["complete"] is False and data["retries"] == 1
-    assert data["tasks"] == [asdict(o) for o in outcomes]
+    assert data["tasks"][1:] == [asdict(o) for o in outcomes[1:]] and data["tasks"][0]["error"] is None
     assert data["tasks"][1]["result"] == {"hosts": ["n1"]} and data["tasks"][1]["earlier_errors"] == ["rank 0 failed"]
     changed = [o.task for o in outcomes if writer._texts[id(o)] is not texts_before[id(o)]]
     assert changed == ["t1"], changed
+    assert writer._cost > 0
 
 
 def test_the_final_run_json_is_the_results_to_json_made_from_the_kept_task_texts(tmp_path):
@@ -297,6 +301,28 @@ def test_the_final_run_json_is_the_results_to_json_made_from_the_kept_task_texts
     assert data == json.loads(json.dumps(result.to_json(), default=str))
     assert data["complete"] is True and data["ok"] is False and data["tasks"][2]["error"] == "rank 1 on n2 exited 3"
     assert all(writer._texts[id(o)][1] in writer._final_text(result) for o in outcomes)    # no task dumped again
+
+
+def test_waiting_for_the_tasks_reports_progress_and_gives_up_only_on_those_not_done_at_the_time_limit():
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from fluxmpi import runner
+    futures = {Future(): runner.TaskOutcome(f"t{i}", SPEC.to_dict(), submitted=1.0) for i in range(4)}
+    futs = list(futures)
+    futs[0].set_result(0)                                     # done before the wait began
+    seen = []
+    threading.Timer(0.3, futs[1].set_result, [1]).start()
+    runner._wait_all(futures, timeout=1.5, on_progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (2, 4) and all(total == 4 for _, total in seen)
+    given_up = [o.task for o in futures.values() if o.error]
+    assert given_up == ["t2", "t3"] and "time limit (2s)" in futures[futs[2]].error
+    for f in futs[2:]:
+        f.set_result(None)
+    t0 = time.monotonic()
+    runner._wait_all(futures, timeout=60, on_progress=None)   # all done: returns at once
+    assert time.monotonic() - t0 < 0.5
 
 
 def test_a_launch_is_done_only_when_every_rank_left_its_record(tmp_path):
