@@ -42,12 +42,17 @@ def test_rows_marginal_cpu_and_targets():
     htex200 = next(r for r in rows if (r["nodes"], r["tasks"], r["name"]) == (4, 200, "htex"))
     assert htex200["cpu_per_task"] == pytest.approx(2.9 / 200)
     assert htex200["cpu_marginal"] == pytest.approx((2.9 - 2.0) / 180)          # 5.0 ms per added task
+    assert htex200["cpu_own_marginal"] == pytest.approx((2.9 - 2.0) * 0.75 / 180)  # the process alone: 3.75 ms (3.7 shown)
     assert next(r for r in rows if r["tasks"] == 20)["cpu_marginal"] is None     # nothing smaller to compare
     found = {(t["target"], t["workload"], t["name"]): t for t in scale.scale_targets(rows)}
     assert found[("slope", "4 nodes, 200 x 1-node", "htex")]["met"]                # +0.4 ms/task
     assert not found[("slope", "4 nodes, 200 x 1-node", "flux-jobs")]["met"]       # -2 ms/task
     assert ("slope", "4 nodes, 20 x 1-node", "htex") not in found                  # too few tasks for a slope
-    assert not found[("driver cpu", "32 nodes, 200 x 1-node", "flux-jobs")]["met"]  # 10 ms per added task
+    assert not found[("driver cpu", "32 nodes, 200 x 1-node", "flux-jobs")]["met"]  # own 7.5 ms per added task
+    # judged on the fluxmpi process itself (3.75 ms), its children (an interchange) shown beside it
+    assert found[("driver cpu", "4 nodes, 200 x 1-node", "htex")]["met"]
+    assert "3.7 ms of the fluxmpi process's CPU per added task (limit 5 ms); 5.0 ms with its children" in \
+        found[("driver cpu", "4 nodes, 200 x 1-node", "htex")]["detail"]
     # tasks/s only at the largest node count: bare-flux 8 / flux-jobs 6 = 1.33x at 200 tasks, 1.14x at 20
     assert not found[("tasks/s", "32 nodes, 200 x 1-node", "flux-jobs")]["met"]
     assert found[("tasks/s", "32 nodes, 20 x 1-node", "flux-jobs")]["met"]
@@ -62,7 +67,7 @@ def test_table_and_plot(tmp_path):
     doc = {"plan": {"nodes": (4, 8), "tasks": (20, 200), "sizes": (1,), "sleep": 0.2}, "rows": rows,
            "targets": scale.scale_targets(rows)}
     text = scale.render(doc)
-    assert "| 4 | 200 | 1 | htex | ok | 200 | 0.450 | 0.675 | 6.50 | 1.20 | 0.40 | 14.5 | 5.0 | verified |" in text
+    assert "| 4 | 200 | 1 | htex | ok | 200 | 0.450 | 0.675 | 6.50 | 1.20 | 0.40 | 14.5 | 5.0 | 3.7 | verified |" in text
     assert "| slope | 4 nodes, 200 x 1-node | htex |" in text
     png = scale.plot(doc, tmp_path / "scale.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

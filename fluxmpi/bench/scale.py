@@ -6,8 +6,9 @@ bare-srun, bare-flux by default), one after the other as every bench does. One l
 is booted once; each N uses that many of its nodes (bench_site), so no run pays a boot.
 
 Per run it keeps what the issue asks to read off: overhead median and p95, tasks/s, makespan over its lower
-bound, the overhead's slope over the task index, and the CPU seconds the driver used per task (this process and
-the children it reaped: Parsl's interchange, srun or flux clients; not the cluster's daemons). The targets are
+bound, the overhead's slope over the task index, and the CPU seconds the driver used per task: the fluxmpi
+process itself ("own", what the CPU target is judged on) and with the children it reaped (Parsl's interchange,
+srun or flux clients; not the cluster's daemons). The targets are
 evaluated here (scale_targets) and the figures plotted (scale.png) and tabled (scale.md).
 """
 
@@ -114,27 +115,31 @@ def scale_rows(bench: dict, nodes: int) -> list[dict]:
             s = r.get("summary") or {}
             cpu = r.get("cpu") or {}
             used = (cpu.get("self") or 0.0) + (cpu.get("children") or 0.0) if cpu else None
+            own = cpu.get("self") if cpu else None
             rows.append({
                 "nodes": nodes, "tasks": wl["tasks"], "size": wl["nodes"], "name": r["name"], "status": r["status"],
                 "ok": s.get("ok"), "overhead_median": s.get("overhead_median"), "overhead_p95": s.get("overhead_p95"),
                 "throughput": s.get("throughput"), "makespan_ratio": s.get("makespan_ratio"),
                 "overhead_slope": s.get("overhead_slope"), "startup": s.get("startup"),
                 "cpu": used, "cpu_per_task": used / wl["tasks"] if used is not None and wl["tasks"] else None,
+                "cpu_own": own,
                 "placement_ok": r.get("placement_ok"), "reason": r.get("reason", ""),
             })
     return rows
 
 
 def with_marginal_cpu(rows: list[dict]) -> list[dict]:
-    """Give each row the driver CPU one more task costs: the CPU difference to the same run with the next
-    smaller task count (same nodes and task size) over the difference in tasks. A run's total also holds its
-    fixed start (parsl.load, the compile task, the instance's connection), which this leaves out."""
+    """Give each row the driver CPU one more task costs (with its children: cpu_marginal; the process itself:
+    cpu_own_marginal): the CPU difference to the same run with the next smaller task count (same nodes and task
+    size) over the difference in tasks. A run's total also holds its fixed start (parsl.load, the compile task,
+    the instance's connection), which this leaves out."""
     for r in rows:
         smaller = [b for b in rows if (b["nodes"], b["size"], b["name"]) == (r["nodes"], r["size"], r["name"])
                    and b["tasks"] < r["tasks"] and b.get("cpu") is not None]
         prev = max(smaller, key=lambda b: b["tasks"], default=None)
-        r["cpu_marginal"] = (None if prev is None or r.get("cpu") is None
-                             else (r["cpu"] - prev["cpu"]) / (r["tasks"] - prev["tasks"]))
+        for key, out in (("cpu", "cpu_marginal"), ("cpu_own", "cpu_own_marginal")):
+            r[out] = (None if prev is None or r.get(key) is None or prev.get(key) is None
+                      else (r[key] - prev[key]) / (r["tasks"] - prev["tasks"]))
     return rows
 
 
@@ -148,9 +153,12 @@ def scale_targets(rows: list[dict]) -> list[dict]:
         if r["tasks"] >= SLOPE_MIN_TASKS and r["overhead_slope"] is not None:
             out.append(_target("slope", where, r["name"], abs(r["overhead_slope"]), SLOPE_LIMIT,
                                f"overhead slope {r['overhead_slope'] * 1000:+.2f} ms/task (limit ±1 ms/task)"))
-        if r.get("cpu_marginal") is not None:
-            out.append(_target("driver cpu", where, r["name"], r["cpu_marginal"], CPU_LIMIT,
-                               f"{r['cpu_marginal'] * 1000:.1f} ms of driver CPU per added task (limit 5 ms)"))
+        if r.get("cpu_own_marginal") is not None:
+            with_children = (f"; {r['cpu_marginal'] * 1000:.1f} ms with its children"
+                             if r.get("cpu_marginal") is not None else "")
+            out.append(_target("driver cpu", where, r["name"], r["cpu_own_marginal"], CPU_LIMIT,
+                               f"{r['cpu_own_marginal'] * 1000:.1f} ms of the fluxmpi process's CPU per added task "
+                               f"(limit 5 ms){with_children}"))
     top = max((r["nodes"] for r in rows), default=None)
     for r in rows:
         if r["name"] != "flux-jobs" or r["nodes"] != top:
@@ -175,18 +183,20 @@ def render(doc: dict) -> str:
     lines = ["# fluxmpi bench: scale", "",
              f"Nodes {', '.join(map(str, plan['nodes']))}; tasks {', '.join(map(str, plan['tasks']))}; task sizes "
              f"{', '.join(map(str, plan['sizes']))} nodes x 1 rank; each rank sleeps {plan['sleep']:g} s. Times in "
-             "seconds; driver CPU = this process and the children it reaped: per task (the run's total over its "
-             "tasks, start-up included) and per added task (against the next smaller task count).", "",
+             "seconds; driver CPU = this process and the children it reaped (Parsl's interchange, srun, flux "
+             "clients): per task (the run's total over its tasks, start-up included) and per added task (against "
+             "the next smaller task count); own = this process alone.", "",
              "| nodes | tasks | size | run | status | ok | overhead median | p95 | tasks/s | makespan ratio | "
-             "slope ms/task | driver CPU ms/task | per added task | placement |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "slope ms/task | driver CPU ms/task | per added task | own per added task | placement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = report._f
     for r in doc["rows"]:
         placed = {True: "verified", False: "PROBLEMS", None: "-"}[r.get("placement_ok")]
         lines.append(f"| {r['nodes']} | {r['tasks']} | {r['size']} | {r['name']} | {r['status']} | {r['ok'] or '-'} | "
                      f"{f(r['overhead_median'])} | {f(r['overhead_p95'])} | {f(r['throughput'], 2)} | "
                      f"{f(r['makespan_ratio'], 2)} | {f(r['overhead_slope'], 2, 1000)} | "
-                     f"{f(r['cpu_per_task'], 1, 1000)} | {f(r.get('cpu_marginal'), 1, 1000)} | {placed} |")
+                     f"{f(r['cpu_per_task'], 1, 1000)} | {f(r.get('cpu_marginal'), 1, 1000)} | "
+                     f"{f(r.get('cpu_own_marginal'), 1, 1000)} | {placed} |")
     lines += ["", "## Targets", "", "| target | where | run | value | met |", "|---|---|---|---|---|"]
     for t in doc.get("targets", []):
         lines.append(f"| {t['target']} | {t['workload']} | {t['name']} | {t['detail']} | "
@@ -209,7 +219,7 @@ def plot(doc: dict, path: Path) -> Path | None:
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2).ravel()
     panels = (("overhead_median", "overhead median (s)", 1), ("overhead_p95", "overhead p95 (s)", 1),
-              ("throughput", "tasks/s", 1), ("cpu_marginal", "driver CPU per added task (ms)", 1000))
+              ("throughput", "tasks/s", 1), ("cpu_own_marginal", "fluxmpi process CPU per added task (ms)", 1000))
     tasks = sorted({r["tasks"] for r in rows})
     for ax, (key, label, factor) in zip(axes, panels):
         for name in dict.fromkeys(r["name"] for r in rows):
