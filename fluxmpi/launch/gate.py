@@ -217,7 +217,10 @@ class NodeGate:
                         return
                 continue
             self._wake.clear()
-            self._admit()
+            try:
+                self._admit()
+            except Exception:  # noqa: BLE001 - this thread must live on, or no later finish admits anything
+                logger.exception("admitting the next tasks failed; trying again at the next finish")
 
     def _release(self, nodes: int) -> None:
         with self._lock:
