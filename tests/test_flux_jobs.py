@@ -436,6 +436,24 @@ def test_bad_elastic_settings_name_the_value_and_the_fix(tmp_path):
     assert (ex.max_blocks, ex.min_blocks, ex.idle_release, ex.provider.max_blocks) == (3, 1, 30, 3)
 
 
+def test_a_block_counts_the_node_holding_jobs_it_was_sent_by_size(tmp_path):
+    from concurrent.futures import Future
+
+    b = _block("0", nodes=4)
+    reqs = [mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=n, ranks_per_node=1, exclusive=ex),
+                                                   task=f"s{i}"), tmp_path)
+            for i, (n, ex) in enumerate([(1, True), (2, True), (2, True), (3, False)])]
+    py = python_request("parsl-1", {}, "python3", tmp_path)
+    futs = [Future() for _ in range(5)]
+    for req, fut in zip([*reqs, py], futs):
+        b.send(req, fut)
+    assert b.held == {1: 1, 2: 2} and b.held_nodes() == 5        # the shared-node task and the Python call hold none
+    b.unsend(futs[1])
+    b.unsend(futs[0])
+    b.unsend(futs[0])                                             # a second end of the same job changes nothing
+    assert b.held == {2: 1} and b.held_nodes() == 2 and len(b.sent) == 3
+
+
 def test_with_several_blocks_each_gets_two_waves_and_the_rest_bring_another_block(tmp_path):
     from fluxmpi.launch.flux.jobs import QUEUE_DEPTH, admit
     waiting = [mpi_request(run_mpi_task, None, *_call(spec=MPITaskSpec(nodes=1, ranks_per_node=1), task=f"w{i}"),
